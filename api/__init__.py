@@ -1,0 +1,1 @@
+"""The HTTP service: source data (``GET /data``) and job control (``/jobs``)."""

@@ -1,0 +1,65 @@
+"""Error bodies a person can read.
+
+Every 4xx answer of the API is ``{"detail": "<one sentence>"}``; validation
+failures add ``errors``, one entry per problem, for programs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+DATETIME_HINT = "an ISO 8601 date-time such as 2025-12-05T00:00:00"
+DATE_HINT = "an ISO 8601 date such as 2025-12-05"
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries that document ``codes`` with the :class:`Problem` body."""
+    return {code: {"model": Problem} for code in codes}
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("query", "body", "path", "header")]
+    return ".".join(parts) or "request"
+
+
+def _message(error: dict[str, Any]) -> str:
+    kind = error.get("type", "")
+    given = error.get("input")
+    if kind == "missing":
+        return "is required"
+    if kind.startswith("datetime"):
+        return f"{given!r} is not {DATETIME_HINT}"
+    if kind.startswith("date"):
+        return f"{given!r} is not {DATE_HINT}"
+    if kind == "enum":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"{given!r} is not one of {expected}"
+    if kind == "extra_forbidden":
+        return "is not a known field"
+    return str(error.get("msg", "is invalid"))
+
+
+def describe(exc: RequestValidationError) -> Problem:
+    errors = [FieldError(field=_field(e.get("loc", ())), message=_message(e)) for e in exc.errors()]
+    detail = "; ".join(f"{e.field} {e.message}" for e in errors) or "invalid request"
+    return Problem(detail=detail, errors=errors)
+
+
+async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(status_code=422, content=describe(exc).model_dump(exclude_none=True))

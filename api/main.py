@@ -1,0 +1,42 @@
+"""The FastAPI application: ``uvicorn api.main:app``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+
+from api.errors import validation_handler
+from api.routes import data, health
+from windfarm.db import target_engine
+from windfarm.models import prepare_target
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    try:
+        prepare_target(target_engine())
+    except Exception as exc:  # noqa: BLE001 - /health reports it; the API still serves data
+        log.warning("target schema not created at start-up: %s", exc.__class__.__name__)
+    yield
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="windfarm-etl",
+        summary="Wind-turbine source data and 10-minute statistics ETL jobs.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(RequestValidationError, validation_handler)
+    app.include_router(data.router)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

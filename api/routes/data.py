@@ -1,0 +1,75 @@
+"""``GET /data``: the source's 1-minute rows for a time range."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response
+from sqlalchemy import text
+
+from api.errors import problem_responses
+from windfarm.config import VARIABLES, get_settings
+from windfarm.db import source_engine
+from windfarm.timeutil import end_of_day, to_utc
+
+router = APIRouter(tags=["data"])
+
+Variable = StrEnum("Variable", {name: name for name in VARIABLES})
+
+
+@lru_cache
+def _query(variables: tuple[str, ...]):
+    # PostgreSQL builds the JSON itself: one text value crosses the wire and
+    # Python never touches a row. Column names come from the closed set above.
+    fields = ", ".join(f"'{name}', {name}" for name in variables)
+    return text(
+        f"""SELECT coalesce(json_agg(json_build_object('timestamp', "timestamp", {fields})
+                                     ORDER BY "timestamp"), '[]')::text
+            FROM data WHERE "timestamp" BETWEEN :start AND :end"""
+    )
+
+
+def resolve_range(start: datetime, end: datetime | None, max_days: int) -> tuple[datetime, datetime]:
+    """The UTC ``[start, end]`` a request asks for, or a 422 saying why not."""
+    start = to_utc(start)
+    end = end_of_day(start) if end is None else to_utc(end)
+    if end < start:
+        raise HTTPException(422, f"end {end.isoformat()} is before start {start.isoformat()}")
+    if end - start > timedelta(days=max_days):
+        raise HTTPException(
+            422,
+            f"the range {start.isoformat()} .. {end.isoformat()} is longer than "
+            f"{max_days} days (DATA_MAX_DAYS); ask for it in smaller pieces",
+        )
+    return start, end
+
+
+@router.get(
+    "/data",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/json": {"example": [
+            {"timestamp": "2025-12-05T00:00:00", "wind_speed": 7.1, "power": 812.3}
+        ]}}},
+        **problem_responses(422),
+    },
+)
+def get_data(
+    start: Annotated[datetime, Query(description="first instant, ISO 8601; naive means UTC")],
+    end: Annotated[
+        datetime | None, Query(description="last instant, inclusive; default: end of start's day")
+    ] = None,
+    variables: Annotated[
+        list[Variable] | None, Query(description="repeatable; omitted means all", max_length=10)
+    ] = None,
+) -> Response:
+    """Source rows of ``[start, end]``, ordered by timestamp."""
+    start, end = resolve_range(start, end, get_settings().data_max_days)
+    wanted = {v.value for v in variables or Variable}
+    chosen = tuple(name for name in VARIABLES if name in wanted)
+    with source_engine().connect() as conn:
+        body = conn.scalar(_query(chosen), {"start": start, "end": end})
+    return Response(content=body, media_type="application/json")

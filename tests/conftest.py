@@ -1,0 +1,105 @@
+"""Fixtures: uniquely named databases on the real PostgreSQL, dropped afterwards.
+
+The test run points the settings at its own databases before any project module
+reads them, so nothing here touches ``source_db``/``target_db`` or depends on
+what an earlier run left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+RUN_ID = uuid.uuid4().hex[:10]
+
+os.environ["SOURCE_DATABASE_URL"] = f"{PG_URL}/wf_{RUN_ID}_source"
+os.environ["TARGET_DATABASE_URL"] = f"{PG_URL}/wf_{RUN_ID}_target"
+os.environ["CELERY_BROKER_URL"] = f"{REDIS_URL}/15"
+os.environ["ETL_QUEUE"] = f"etl-test-{RUN_ID}"
+for name in ("API_TOKEN", "FLOWER_BASIC_AUTH", "DATA_MAX_DAYS", "JOBS_MAX_DAYS", "ETL_VARIABLES"):
+    os.environ.pop(name, None)
+
+from api.seed_source import seed  # noqa: E402
+from windfarm.config import get_settings  # noqa: E402
+from windfarm.db import dispose_engines, drop_database, engine_for  # noqa: E402
+from windfarm.models import prepare_target  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Databases:
+    source_url: str
+    target_url: str
+
+
+def _use(dbs: Databases) -> None:
+    os.environ["SOURCE_DATABASE_URL"] = dbs.source_url
+    os.environ["TARGET_DATABASE_URL"] = dbs.target_url
+    get_settings.cache_clear()
+    dispose_engines()
+
+
+def _create(tag: str) -> Databases:
+    dbs = Databases(f"{PG_URL}/wf_{RUN_ID}_{tag}_source", f"{PG_URL}/wf_{RUN_ID}_{tag}_target")
+    seed(dbs.source_url)
+    prepare_target(engine_for(dbs.target_url))
+    return dbs
+
+
+def _drop(dbs: Databases) -> None:
+    dispose_engines()
+    drop_database(dbs.source_url)
+    drop_database(dbs.target_url)
+
+
+@pytest.fixture(scope="session")
+def shared_dbs() -> Iterator[Databases]:
+    """A seeded source and an empty target shared by tests that only read the source."""
+    dbs = _create("shared")
+    yield dbs
+    _drop(dbs)
+
+
+@pytest.fixture
+def dbs(shared_dbs: Databases) -> Iterator[Databases]:
+    """The shared databases, made current for this test."""
+    _use(shared_dbs)
+    yield shared_dbs
+
+
+@pytest.fixture
+def fresh_dbs() -> Iterator[Databases]:
+    """A seeded source and an empty target of this test's own, current while it runs."""
+    created = _create(uuid.uuid4().hex[:6])
+    _use(created)
+    yield created
+    _drop(created)
+
+
+@pytest.fixture
+def client(dbs: Databases):
+    """An HTTP client on the API, in process."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app()) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch):
+    """Set environment variables for one test and rebuild the settings around them."""
+
+    def set_env(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+
+    yield set_env
+    get_settings.cache_clear()

@@ -1,0 +1,1 @@
+"""Shared pieces of windfarm-etl: settings, database engines, the target schema."""

@@ -1,0 +1,78 @@
+"""Settings, read once from the environment.
+
+Every module asks :func:`get_settings` instead of reading ``os.environ``; tests
+change the environment and call ``get_settings.cache_clear()``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+VARIABLES = ("wind_speed", "power", "ambient_temprature")
+
+
+def _validate_cron(value: str) -> str:
+    if len(value.split()) != 5:
+        raise ValueError(f"{value!r} is not a 5-field crontab expression (minute hour dom month dow)")
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    source_database_url: str = "postgresql+psycopg2://postgres:postgres@localhost:5432/source_db"
+    target_database_url: str = "postgresql+psycopg2://postgres:postgres@localhost:5432/target_db"
+    api_base_url: str = "http://localhost:8000"
+    celery_broker_url: str = "redis://localhost:6379/0"
+    celery_result_backend: str | None = None
+    etl_queue: str = "etl"
+
+    api_token: str | None = None
+    flower_basic_auth: str | None = None
+
+    data_max_days: int = Field(31, ge=1)
+    jobs_max_days: int = Field(366, ge=1)
+    etl_variables: Annotated[tuple[str, ...], NoDecode] = ("wind_speed", "power")
+
+    etl_hourly_cron: str = "5 * * * *"
+    etl_daily_cron: str = "0 2 * * *"
+    etl_slice_timeout_s: float = Field(300, gt=0)
+    etl_reconcile_every_s: float = Field(60, gt=0)
+
+    etl_http_timeout_s: float = Field(10, gt=0)
+    etl_max_retries: int = Field(8, ge=0)
+    etl_retry_backoff_max_s: int = Field(60, ge=1)
+
+    @field_validator("etl_variables", mode="before")
+    @classmethod
+    def _split_variables(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("etl_variables")
+    @classmethod
+    def _known_variables(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [v for v in value if v not in VARIABLES]
+        if unknown or not value:
+            raise ValueError(f"ETL_VARIABLES must name some of {', '.join(VARIABLES)}; got {value}")
+        return value
+
+    @field_validator("etl_hourly_cron", "etl_daily_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return _validate_cron(value)
+
+    @field_validator("api_token", "flower_basic_auth", "celery_result_backend", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
