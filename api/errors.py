@@ -37,27 +37,37 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "request"
 
 
+def _sentence(errors: list[FieldError]) -> str:
+    return "; ".join(e.message if e.field == "request" else f"{e.field} {e.message}" for e in errors)
+
+
+def _show(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def _message(error: dict[str, Any]) -> str:
     kind = error.get("type", "")
-    given = error.get("input")
+    given = _show(error.get("input"))
     if kind == "missing":
         return "is required"
     if kind.startswith("datetime"):
-        return f"{given!r} is not {DATETIME_HINT}"
+        return f"{given} is not {DATETIME_HINT}"
     if kind.startswith("date"):
-        return f"{given!r} is not {DATE_HINT}"
+        return f"{given} is not {DATE_HINT}"
     if kind == "enum":
         expected = error.get("ctx", {}).get("expected", "")
-        return f"{given!r} is not one of {expected}"
+        return f"{given} is not one of {expected}"
     if kind == "extra_forbidden":
         return "is not a known field"
+    if kind == "value_error":
+        return str(error.get("msg", "")).removeprefix("Value error, ")
     return str(error.get("msg", "is invalid"))
 
 
 def describe(exc: RequestValidationError) -> Problem:
     errors = [FieldError(field=_field(e.get("loc", ())), message=_message(e)) for e in exc.errors()]
-    detail = "; ".join(f"{e.field} {e.message}" for e in errors) or "invalid request"
-    return Problem(detail=detail, errors=errors)
+    return Problem(detail=_sentence(errors) or "invalid request", errors=errors)
 
 
 async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
