@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from api.errors import validation_handler
-from api.routes import data, health
+from api.routes import dashboard, data, health, partitions, series
 from windfarm.db import target_engine
 from windfarm.models import prepare_target
 
@@ -35,7 +35,10 @@ def create_app() -> FastAPI:
     )
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.include_router(data.router)
+    app.include_router(partitions.router)
+    app.include_router(series.router)
     app.include_router(health.router)
+    app.include_router(dashboard.router)
     return app
 
 

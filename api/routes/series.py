@@ -1,0 +1,114 @@
+"""``GET /signals`` and ``GET /series``: the 10-minute statistics in the target."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response
+from sqlalchemy import Connection, bindparam, text
+
+from api.deps import TargetConn
+from api.errors import problem_responses
+from api.routes.data import resolve_range
+from windfarm.config import VARIABLES, get_settings
+
+router = APIRouter(tags=["statistics"])
+
+# The statistics and names the spec fixes (workers.stats holds the same list;
+# importing it here would load the Celery app into the API). A name of this set
+# is valid before any worker has written it: its series is just empty.
+STATS = ("mean", "min", "max", "std")
+SPEC_SIGNALS = frozenset(f"{v}_{s}_10m" for v in VARIABLES for s in STATS)
+MAX_SIGNALS = 12
+# Signal names become column labels of the generated query: only these characters.
+_NAME = re.compile(r"[A-Za-z0-9_]{1,100}")
+
+_SIGNALS = text(
+    "SELECT coalesce(json_agg(json_build_object('id', id, 'name', name) ORDER BY name), '[]')::text"
+    " FROM signal"
+)
+_KNOWN = text("SELECT name FROM signal WHERE name IN :names").bindparams(
+    bindparam("names", expanding=True)
+)
+
+
+@lru_cache(maxsize=256)
+def _query(names: tuple[str, ...]):
+    # One row per window, one key per signal (null where that signal has no
+    # value, e.g. the std of a one-value window), built by PostgreSQL as JSON.
+    columns = ", ".join(
+        f'max(d.value) FILTER (WHERE s.name = :s{i}) AS "{name}"' for i, name in enumerate(names)
+    )
+    wanted = ", ".join(f":s{i}" for i in range(len(names)))
+    return text(
+        f"""SELECT coalesce(json_agg(r ORDER BY r."timestamp"), '[]')::text
+              FROM (SELECT d."timestamp", {columns}
+                      FROM data d JOIN signal s ON s.id = d.signal_id
+                     WHERE s.name IN ({wanted}) AND d."timestamp" BETWEEN :start AND :end
+                     GROUP BY d."timestamp") r"""
+    )
+
+
+def resolve_signals(conn: Connection, given: list[str]) -> tuple[str, ...]:
+    """The distinct requested signal names in order, or a 422 naming the unknown ones."""
+    names = tuple(dict.fromkeys(given))
+    if len(names) > MAX_SIGNALS:
+        raise HTTPException(422, f"ask for at most {MAX_SIGNALS} signals at once")
+    odd = [n for n in names if n not in SPEC_SIGNALS]
+    if not odd:
+        return names
+    known = set()
+    if all(_NAME.fullmatch(n) for n in odd):
+        known = set(conn.scalars(_KNOWN, {"names": odd}))
+    unknown = [n for n in odd if n not in known]
+    if unknown:
+        shown = ", ".join(repr(n[:60]) for n in unknown)
+        raise HTTPException(
+            422, f"unknown signal {shown}; GET /signals lists them, e.g. wind_speed_mean_10m"
+        )
+    return names
+
+
+@router.get(
+    "/signals",
+    response_class=Response,
+    responses={200: {"content": {"application/json": {"example": [
+        {"id": 1, "name": "power_max_10m"}, {"id": 2, "name": "power_mean_10m"}
+    ]}}}},
+)
+def get_signals(conn: TargetConn) -> Response:
+    """The signals the target holds values for, by name."""
+    return Response(content=conn.scalar(_SIGNALS), media_type="application/json")
+
+
+@router.get(
+    "/series",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/json": {"example": [
+            {"timestamp": "2025-12-05T00:00:00", "wind_speed_mean_10m": 7.1,
+             "wind_speed_max_10m": 9.4}
+        ]}}},
+        **problem_responses(422),
+    },
+)
+def get_series(
+    conn: TargetConn,
+    signal: Annotated[
+        list[str],
+        Query(description="a signal name such as wind_speed_mean_10m; repeatable", min_length=1),
+    ],
+    start: Annotated[datetime, Query(description="first window start, ISO 8601; naive means UTC")],
+    end: Annotated[
+        datetime | None,
+        Query(description="last window start, inclusive; default: end of start's day"),
+    ] = None,
+) -> Response:
+    """10-minute values of the signals in ``[start, end]``, one row per window, ordered."""
+    start, end = resolve_range(start, end, get_settings().data_max_days)
+    names = resolve_signals(conn, signal)
+    params = {"start": start, "end": end, **{f"s{i}": n for i, n in enumerate(names)}}
+    return Response(content=conn.scalar(_query(names), params), media_type="application/json")
