@@ -27,3 +27,6 @@ seed: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info
+
+run: install
+	$(BIN)/python -m windfarm.devrun

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from api.errors import validation_handler
-from api.routes import dashboard, data, health, partitions, series
+from api.routes import dashboard, data, health, jobs, partitions, series
 from windfarm.db import target_engine
 from windfarm.models import prepare_target
 
@@ -35,6 +35,7 @@ def create_app() -> FastAPI:
     )
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.include_router(data.router)
+    app.include_router(jobs.router)
     app.include_router(partitions.router)
     app.include_router(series.router)
     app.include_router(health.router)
