@@ -181,6 +181,10 @@ def test_the_chart_draws_a_day_and_agrees_with_the_raw_values(page):
     # 1,440 one-minute points: one move, then a line to each next minute.
     raw = page.locator('#chart path[data-series="raw"]').get_attribute("d") or ""
     assert raw.count("L") + raw.count("M") == 1440
+    # Pointing at the chart reads out the minute and its window.
+    page.locator("#chart").hover(position={"x": 500, "y": 150})
+    readout = page.locator("#chart-readout").inner_text()
+    assert "UTC · 1-minute" in readout and "mean" in readout, readout
     page.select_option("#chart-variable", "power")
     sync_api.expect(page.locator("#chart-desc")).to_contain_text("power on 2025-12-02")
     sync_api.expect(check).to_have_class("message good", timeout=10_000)

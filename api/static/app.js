@@ -495,7 +495,7 @@
     chart.append(svg("path", { class: "mean", d: mean, "data-series": "mean" }));
     const cursor = svg("line", { class: "cursor", y1: m.t, y2: H - m.b, visibility: "hidden" });
     chart.append(cursor);
-    desc.textContent = `${variable} on ${day}: ${values.length ? raw.length : 0} 1-minute values ` +
+    desc.textContent = `${variable} on ${day}: ${raw.length} 1-minute values ` +
       `and ${series.length} 10-minute windows, from ${lo} to ${hi} ${unit}.`;
 
     chart.onpointermove = (event) => {
