@@ -84,6 +84,8 @@ def stack() -> Iterator[Stack]:
     dbs = _create(f"ui{uuid.uuid4().hex[:6]}")
     _use(dbs)
     procs = []
+    # A message another test left on the run's queue must not reach this worker.
+    purge_queue(os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"])
     try:
         api = run_api(process_env(API_TOKEN=TOKEN), name="dashboard-api")
         procs.append(api)

@@ -28,24 +28,31 @@ _TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8"
           ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
 
 
+_STATIC = resources.files("api").joinpath("static")
+
+
 @lru_cache
-def _asset(name: str) -> tuple[bytes, str, str] | None:
-    """Content, media type and ETag of a file of ``api/static``; None if there is none."""
-    suffix = "." + name.rpartition(".")[2]
-    if "/" in name or name.startswith(".") or suffix not in _TYPES:
-        return None
-    node = resources.files("api").joinpath("static", name)
-    if not node.is_file():
-        return None
-    body = node.read_bytes()
-    return body, _TYPES[suffix], '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+def _shipped() -> frozenset[str]:
+    """The names of the files in ``api/static`` the page may load."""
+    return frozenset(
+        node.name for node in _STATIC.iterdir()
+        if node.is_file() and "." + node.name.rpartition(".")[2] in _TYPES
+    )
+
+
+@lru_cache
+def _asset(name: str) -> tuple[bytes, str, str]:
+    """Content, media type and ETag of a shipped file, read once."""
+    body = _STATIC.joinpath(name).read_bytes()
+    media_type = _TYPES["." + name.rpartition(".")[2]]
+    return body, media_type, '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
 
 
 def _serve(name: str, if_none_match: str | None) -> Response:
-    found = _asset(name)
-    if found is None:
+    # Only names of shipped files reach the cache or the file system.
+    if name not in _shipped():
         raise HTTPException(404, f"there is no dashboard file {name[:60]!r}")
-    body, media_type, etag = found
+    body, media_type, etag = _asset(name)
     # Revalidate every time: a deploy changes the files under the same names.
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if if_none_match == etag:
