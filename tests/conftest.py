@@ -103,3 +103,91 @@ def settings_env(monkeypatch: pytest.MonkeyPatch):
 
     yield set_env
     get_settings.cache_clear()
+
+
+# --- Real processes (tests/procs.py): the API server and Celery workers ---------
+
+
+def _current_dbs(request: pytest.FixtureRequest) -> Databases:
+    """Set up the test's databases first, so a process started after sees them."""
+    name = "fresh_dbs" if "fresh_dbs" in request.fixturenames else "dbs"
+    return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def api_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Start real API servers on this test's databases: ``start(**env) -> Proc``.
+
+    Every server is stopped at teardown; its log is printed there, which pytest
+    shows when the test failed.
+    """
+    from tests.procs import process_env, run_api
+
+    _current_dbs(request)
+    started = []
+
+    def start(**env: str):
+        proc = run_api(process_env(**env), name=f"api{len(started) + 1}",
+                       log_dir=tmp_path_factory.mktemp("api"))
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+        print(proc.describe())
+
+
+@pytest.fixture
+def api_server(api_factory):
+    """A real ``uvicorn api.main:app`` on this test's databases; ``.url`` is its base URL."""
+    return api_factory()
+
+
+@pytest.fixture
+def worker_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Start real ``celery -A workers worker`` processes on this test's databases and
+    the run's queue: ``start(api_base_url, concurrency=2, **env) -> Proc``.
+
+    At teardown the workers are stopped (SIGKILL for what stays) and every Redis
+    key of the queue is deleted, so the next test starts from an empty queue.
+    """
+    from tests.procs import process_env, purge_queue, run_worker
+
+    _current_dbs(request)
+    started = []
+
+    def start(api_base_url: str, *, concurrency: int = 2, **env: str):
+        proc = run_worker(
+            process_env(API_BASE_URL=api_base_url, **env),
+            concurrency=concurrency,
+            name=f"worker{len(started) + 1}",
+            log_dir=tmp_path_factory.mktemp("worker"),
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+        print(proc.describe())
+    purge_queue(os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"])
+
+
+@pytest.fixture
+def worker(worker_factory, api_server):
+    """A real worker (concurrency 2) fetching from the real ``api_server``."""
+    return worker_factory(api_server.url)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _purge_run_queue() -> Iterator[None]:
+    """At the end of the run, delete the Redis keys of its queue: messages that
+    tests published without a worker to consume them."""
+    yield
+    from tests.procs import purge_queue
+
+    try:
+        purge_queue(os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"])
+    except Exception as exc:  # noqa: BLE001 - Redis may be down in a test run that needs none
+        print(f"could not purge queue {os.environ['ETL_QUEUE']}: {exc}")

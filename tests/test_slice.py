@@ -1,0 +1,425 @@
+"""One slice end to end: run_slice against the API and the real target database,
+checked against the PostgreSQL oracle (tests/oracle.py).
+
+Tests that change the source use ``fresh_dbs``; most talk to the app in process
+(``TestClient`` is an httpx client), and the whole-day tests to a real server.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import date, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
+
+from tests.conftest import Databases
+from tests.oracle import actual_rows, assert_target_matches_oracle
+from windfarm import jobs
+from windfarm.config import get_settings
+from windfarm.db import dispose_engines, target_engine
+from windfarm.timeutil import HOUR, day_hours
+from workers.celery_app import MAX_RETRY_DELAY_S, TASK_TIME_LIMIT_S, VISIBILITY_TIMEOUT_S, app
+from workers.dispatch import store_job
+from workers.errors import SourceUnavailable, TargetUnavailable, TransientError
+from workers.etl import run_with_retries
+from workers.run import max_attempts, run_slice
+from workers.store import SLICE_LOCK_SPACE, slice_lock_key
+from workers.tasks import retry_delay
+
+DAY = date(2025, 12, 5)
+H10 = datetime(2025, 12, 5, 10)
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+_created: list[tuple[str, int]] = []
+
+
+@pytest.fixture(autouse=True)
+def _drop_created_jobs() -> Iterator[None]:
+    """Delete the test's jobs afterwards: slices left open in the shared target
+    would look lost to another test's reconciler. (Rows of statistics stay:
+    they equal the oracle.)"""
+    yield
+    for url, job_id in _created:
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("DELETE FROM etl_job WHERE id = :j"), {"j": job_id})
+        except OperationalError:
+            pass  # a fresh database, already dropped
+        finally:
+            engine.dispose()
+    _created.clear()
+
+
+def new_job(day: date = DAY) -> int:
+    job_id = store_job(origin="test", start_date=day, end_date=day)
+    assert job_id is not None
+    _created.append((get_settings().target_database_url, job_id))
+    return job_id
+
+
+def run_day(day: date = DAY, *, client: httpx.Client | None = None) -> tuple[int, list]:
+    job_id = new_job(day)
+    return job_id, [run_slice(job_id, hour, client=client) for hour in day_hours(day)]
+
+
+def day_range(day: date = DAY) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, datetime.min.time())
+    return start, start + timedelta(days=1)
+
+
+def slice_row(job_id: int, hour: datetime):
+    with target_engine().connect() as conn:
+        return conn.execute(
+            text("SELECT state, attempts, rows_written, error FROM etl_slice "
+                 "WHERE job_id = :j AND slice_start = :h"),
+            {"j": job_id, "h": hour},
+        ).one()
+
+
+def source_exec(dbs: Databases, sql: str, **params) -> None:
+    engine = create_engine(dbs.source_url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(sql), params)
+    finally:
+        engine.dispose()
+
+
+def target_snapshot(dbs: Databases, start: datetime, end: datetime) -> dict:
+    """Target rows with their row versions (xmin), to see whether a rerun rewrote them."""
+    engine = create_engine(dbs.target_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text('SELECT "timestamp", signal_id, value, xmin::text FROM data '
+                     'WHERE "timestamp" >= :s AND "timestamp" < :e'),
+                {"s": start, "e": end},
+            ).all()
+    finally:
+        engine.dispose()
+    return {(r[0], r[1]): (r[2], r[3]) for r in rows}
+
+
+@pytest.fixture
+def inproc(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    """The API app in this process, on this test's databases, as an httpx client."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    request.getfixturevalue("fresh_dbs" if "fresh_dbs" in request.fixturenames else "dbs")
+    with TestClient(create_app()) as client:
+        yield client
+
+
+def failing_api(
+    inproc: httpx.Client, fail: Callable[[httpx.Request, int], httpx.Response | None]
+) -> tuple[httpx.Client, list[httpx.Request]]:
+    """A client whose transport asks ``fail(request, n)`` first (n counts requests
+    from 0) and forwards to the in-process app when it answers None."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = fail(request, len(seen) - 1)
+        if answer is not None:
+            return answer
+        forwarded = inproc.get(request.url.path, params=request.url.params)
+        return httpx.Response(forwarded.status_code, content=forwarded.content,
+                              headers={"content-type": forwarded.headers["content-type"]})
+
+    return httpx.Client(transport=httpx.MockTransport(handler)), seen
+
+
+# --- whole days against a real server ------------------------------------------
+
+
+def test_a_whole_day_through_a_real_api_server_equals_the_oracle(dbs, api_server, settings_env):
+    settings_env(API_BASE_URL=api_server.url)
+    job_id, outcomes = run_day()
+    assert [o.state for o in outcomes] == ["succeeded"] * 24
+    compared = assert_target_matches_oracle(dbs.source_url, dbs.target_url, *day_range())
+    assert compared > 1100  # 144 windows x 8 signals, less the gaps' std rows at most
+    assert sum(o.rows_written for o in outcomes) == compared
+    with target_engine().connect() as conn:
+        view = jobs.get_job(conn, job_id)
+    assert (view.status, view.slices_succeeded, view.rows_written) == ("succeeded", 24, compared)
+
+
+def test_a_rerun_leaves_the_target_exactly_as_it_was(dbs, api_server, settings_env):
+    settings_env(API_BASE_URL=api_server.url)
+    day = date(2025, 12, 6)
+    run_day(day)
+    before = target_snapshot(dbs, *day_range(day))
+    _, outcomes = run_day(day)
+    assert all(o.state == "succeeded" for o in outcomes)
+    after = target_snapshot(dbs, *day_range(day))
+    # Same keys and values, and not even rewritten: the row versions are unchanged.
+    assert after == before
+    assert_target_matches_oracle(dbs.source_url, dbs.target_url, *day_range(day))
+
+
+# --- source changes (fresh databases, app in process) ----------------------------
+
+
+def test_a_corrected_source_value_updates_the_target(fresh_dbs, inproc):
+    run_day(client=inproc)
+    source_exec(fresh_dbs, "UPDATE data SET wind_speed = 99.5, power = -1 "
+                           "WHERE \"timestamp\" = '2025-12-05 10:03'")
+    job_id = new_job()
+    assert run_slice(job_id, H10, client=inproc).state == "succeeded"
+    rows = actual_rows(fresh_dbs.target_url, H10, H10 + HOUR)
+    assert rows[(H10, "wind_speed_max_10m")] == 99.5
+    assert rows[(H10, "power_min_10m")] == -1
+    assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, *day_range())
+
+
+def test_windows_that_lost_their_data_lose_their_rows(fresh_dbs, inproc):
+    run_day(client=inproc)
+    w10, w20 = H10 + timedelta(minutes=10), H10 + timedelta(minutes=20)
+    source_exec(fresh_dbs, "UPDATE data SET power = NULL WHERE \"timestamp\" >= :s AND "
+                           "\"timestamp\" < :e", s=w10, e=w10 + timedelta(minutes=10))
+    source_exec(fresh_dbs, "DELETE FROM data WHERE \"timestamp\" >= :s AND \"timestamp\" < :e",
+                s=w20, e=w20 + timedelta(minutes=10))
+    assert run_slice(new_job(), H10, client=inproc).state == "succeeded"
+    rows = actual_rows(fresh_dbs.target_url, H10, H10 + HOUR)
+    assert not [k for k in rows if k[0] == w10 and k[1].startswith("power_")]
+    assert (w10, "wind_speed_mean_10m") in rows
+    assert not [k for k in rows if k[0] == w20]
+    assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, *day_range())
+
+
+def test_null_gaps_and_missing_minutes(fresh_dbs, inproc):
+    # NULLs and holes scattered over the day, some windows losing one variable.
+    source_exec(fresh_dbs, "UPDATE data SET wind_speed = NULL WHERE date_part('minute', "
+                           "\"timestamp\")::int % 7 = 3 AND \"timestamp\"::date = '2025-12-05'")
+    source_exec(fresh_dbs, "UPDATE data SET power = NULL WHERE \"timestamp\" BETWEEN "
+                           "'2025-12-05 04:00' AND '2025-12-05 05:59'")
+    source_exec(fresh_dbs, "DELETE FROM data WHERE date_part('minute', \"timestamp\")::int % 11 "
+                           "= 5 AND \"timestamp\"::date = '2025-12-05'")
+    _, outcomes = run_day(client=inproc)
+    assert all(o.state == "succeeded" for o in outcomes)
+    assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, *day_range())
+    rows = actual_rows(fresh_dbs.target_url, *day_range())
+    assert not [k for k in rows if k[1].startswith("power_") and 4 <= k[0].hour < 6]
+
+
+def test_a_one_value_window_has_no_std(fresh_dbs, inproc):
+    source_exec(fresh_dbs, "DELETE FROM data WHERE \"timestamp\" > '2025-12-05 10:00' "
+                           "AND \"timestamp\" < '2025-12-05 10:10'")
+    assert run_slice(new_job(), H10, client=inproc).state == "succeeded"
+    rows = actual_rows(fresh_dbs.target_url, H10, H10 + timedelta(minutes=10))
+    assert sorted(name for _, name in rows) == sorted(
+        f"{v}_{s}_10m" for v in ("wind_speed", "power") for s in ("mean", "min", "max")
+    )
+    assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, H10, H10 + HOUR)
+
+
+def test_a_day_without_data_writes_nothing_and_clears_old_rows(fresh_dbs, inproc):
+    run_day(client=inproc)
+    source_exec(fresh_dbs, "DELETE FROM data WHERE \"timestamp\"::date = '2025-12-05'")
+    job_id, outcomes = run_day(client=inproc)
+    assert [(o.state, o.rows_written) for o in outcomes] == [("succeeded", 0)] * 24
+    assert actual_rows(fresh_dbs.target_url, *day_range()) == {}
+    # Neighbouring days are untouched.
+    assert actual_rows(fresh_dbs.target_url, *day_range(date(2025, 12, 4))) == {}
+    _, outside = run_day(date(2026, 1, 1), client=inproc)  # never seeded
+    assert all(o.state == "succeeded" and o.rows_written == 0 for o in outside)
+
+
+def test_a_timestamp_off_the_minute_counts_in_its_window(fresh_dbs, inproc):
+    source_exec(fresh_dbs, "INSERT INTO data VALUES ('2025-12-05 10:00:30', 1000.0, 0.0, 1.0), "
+                           "('2025-12-05 10:09:59.999', 1.0, 5000.0, 1.0)")
+    assert run_slice(new_job(), H10, client=inproc).state == "succeeded"
+    rows = actual_rows(fresh_dbs.target_url, H10, H10 + HOUR)
+    assert rows[(H10, "wind_speed_max_10m")] == 1000.0
+    assert rows[(H10, "power_max_10m")] == 5000.0
+    assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, H10, H10 + HOUR)
+
+
+# --- repeats and concurrency ------------------------------------------------------
+
+
+def test_a_duplicate_message_for_an_ended_slice_does_nothing(dbs, inproc):
+    job_id = new_job()
+    assert run_slice(job_id, "2025-12-05T11:00:00", client=inproc).state == "succeeded"
+    again = run_slice(job_id, "2025-12-05T11:00:00", client=inproc)
+    assert again.state == "skipped"
+    assert slice_row(job_id, H10 + HOUR).attempts == 1
+
+
+def test_concurrent_runs_of_one_slice_neither_deadlock_nor_mix(fresh_dbs, inproc):
+    run_day(client=inproc)
+    # Change the source, then let eight runs (three of them on one job's slice)
+    # write the hour at once.
+    source_exec(fresh_dbs, "UPDATE data SET power = power + 1.25 WHERE \"timestamp\" >= :s "
+                           "AND \"timestamp\" < :e", s=H10, e=H10 + HOUR)
+    shared = new_job()
+    job_ids = [shared, shared, shared, *(new_job() for _ in range(5))]
+    barrier = threading.Barrier(len(job_ids))
+    results: list = []
+    errors: list = []
+
+    def run(job_id: int) -> None:
+        try:
+            barrier.wait(10)
+            results.append(run_slice(job_id, H10, client=inproc))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(j,)) for j in job_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a run is stuck"
+    assert errors == []
+    assert {r.state for r in results} <= {"succeeded", "skipped"}
+    assert sum(r.state == "succeeded" for r in results) >= 6
+    assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, *day_range())
+
+
+def test_writers_of_one_hour_take_turns_on_its_advisory_lock(dbs, inproc):
+    job_id = new_job()
+    finished = threading.Event()
+    holder = create_engine(dbs.target_url, poolclass=NullPool)
+    try:
+        with holder.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"),
+                         {"a": SLICE_LOCK_SPACE, "b": slice_lock_key(H10)})
+            thread = threading.Thread(
+                target=lambda: (run_slice(job_id, H10, client=inproc), finished.set())
+            )
+            thread.start()
+            assert not finished.wait(1.5), "the write did not wait for the hour's lock"
+        thread.join(30)
+    finally:
+        holder.dispose()
+    assert finished.is_set()
+    assert slice_row(job_id, H10).state == "succeeded"
+
+
+# --- failures --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda r: httpx.Response(503, json={"detail": "down for maintenance"}),
+        lambda r: httpx.Response(500, text="Internal Server Error"),
+        lambda r: httpx.Response(429, json={"detail": "slow down"}),
+        lambda r: (_ for _ in ()).throw(httpx.ReadTimeout("timed out", request=r)),
+        lambda r: (_ for _ in ()).throw(httpx.ConnectError("connection refused", request=r)),
+    ],
+    ids=["503", "500", "429", "timeout", "connect-error"],
+)
+def test_transient_api_failures_raise_and_leave_the_slice_open(dbs, inproc, answer):
+    client, _ = failing_api(inproc, lambda r, n: answer(r))
+    job_id = new_job()
+    before = actual_rows(dbs.target_url, H10, H10 + HOUR)
+    with pytest.raises(SourceUnavailable) as raised:
+        run_slice(job_id, H10, client=client)
+    assert isinstance(raised.value, TransientError)
+    state = slice_row(job_id, H10)
+    assert (state.state, state.attempts, state.error) == ("running", 1, None)
+    assert actual_rows(dbs.target_url, H10, H10 + HOUR) == before
+
+
+def test_transient_failures_are_retried_until_the_api_answers(fresh_dbs, inproc):
+    client, seen = failing_api(
+        inproc, lambda r, n: httpx.Response(503, text="busy") if n < 2 else None
+    )
+    job_id = new_job()
+    pauses: list[float] = []
+    outcome = run_with_retries(job_id, H10, sleep=pauses.append, client=client)
+    assert outcome.state == "succeeded"
+    assert (len(seen), len(pauses)) == (3, 2)
+    assert slice_row(job_id, H10).attempts == 3
+    assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, H10, H10 + HOUR)
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (httpx.Response(422, json={"detail": "start: not a datetime"}),
+         "HTTP 422: start: not a datetime"),
+        (httpx.Response(404, json={"detail": "Not Found"}), "HTTP 404: Not Found"),
+        (httpx.Response(401, text="no"), "HTTP 401"),
+        (httpx.Response(200, text="<html>hello</html>"), "malformed rows"),
+        (httpx.Response(200, json=[{"timestamp": "2025-12-05T10:00:00"}]), "malformed rows"),
+        (httpx.Response(200, json=[{"timestamp": "2025-12-05T12:00:00", "wind_speed": 1,
+                                    "power": 2}]), "outside the hour"),
+    ],
+    ids=["422", "404", "401", "not-json", "missing-column", "outside-the-hour"],
+)
+def test_permanent_failures_fail_the_slice_at_once(dbs, inproc, answer, message):
+    client, seen = failing_api(inproc, lambda r, n: answer)
+    job_id = new_job()
+    outcome = run_slice(job_id, H10, client=client)
+    assert outcome.state == "failed" and message in outcome.error
+    state = slice_row(job_id, H10)
+    assert (state.state, state.attempts, len(seen)) == ("failed", 1, 1)
+    assert message in state.error
+    with target_engine().connect() as conn:
+        view = jobs.get_job(conn, job_id)
+    assert [(e.slice_start, e.message) for e in view.errors] == [(H10, state.error)]
+
+
+def test_a_slice_that_keeps_dying_is_abandoned(dbs, inproc):
+    job_id = new_job()
+    with target_engine().begin() as conn:
+        for _ in range(max_attempts()):  # claims that never finished (a worker killed each)
+            jobs.claim_slice(conn, job_id, H10)
+    outcome = run_slice(job_id, H10, client=inproc)
+    assert outcome.state == "failed" and "abandoned" in outcome.error
+    assert slice_row(job_id, H10).state == "failed"
+
+
+def test_an_unreachable_target_is_transient(dbs, inproc, settings_env):
+    from tests.procs import free_port
+
+    settings_env(TARGET_DATABASE_URL=f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/x")
+    dispose_engines()
+    try:
+        with pytest.raises(TargetUnavailable, match="target database unavailable"):
+            run_slice(1, H10, client=inproc)
+    finally:
+        dispose_engines()
+
+
+def test_retry_delays_back_off_exponentially_with_full_jitter(settings_env):
+    settings_env(ETL_RETRY_BACKOFF_MAX_S="20")
+    assert [retry_delay(n, rand=lambda: 1.0) for n in range(7)] == [1, 2, 4, 8, 16, 20, 20]
+    assert retry_delay(3, rand=lambda: 0.0) == 0
+    assert all(0 <= retry_delay(n) <= 20 for n in range(50))
+    settings_env(ETL_RETRY_BACKOFF_MAX_S="100000")
+    assert retry_delay(40, rand=lambda: 1.0) == MAX_RETRY_DELAY_S
+
+
+def test_the_app_is_configured_not_to_lose_messages():
+    conf = app.conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+    assert conf.timezone == "UTC" and conf.enable_utc
+    visibility = conf.broker_transport_options["visibility_timeout"]
+    assert visibility == VISIBILITY_TIMEOUT_S
+    # A message is held unacknowledged at most a retry countdown plus a run.
+    assert visibility > MAX_RETRY_DELAY_S + TASK_TIME_LIMIT_S
+    assert app.tasks["workers.process_slice"].acks_late
+
+
+def test_the_write_is_fast_enough_for_a_day(dbs, inproc):
+    began = time.perf_counter()
+    run_day(date(2025, 12, 9), client=inproc)
+    assert time.perf_counter() - began < 10

@@ -1,0 +1,123 @@
+"""Fetch one slice of source data from the API (``GET /data``).
+
+One pooled ``httpx.Client`` per process, made on first use: the prefork pool
+forks after import, and a client shared across a fork would share sockets.
+Tests pass their own client (e.g. on ``httpx.MockTransport``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import httpx
+import numpy as np
+import orjson
+
+from windfarm.config import get_settings
+from windfarm.timeutil import HOUR
+from workers.errors import BadPayload, SourceRejected, SourceUnavailable
+
+_clients: dict[int, httpx.Client] = {}
+_DETAIL_CHARS = 200
+
+
+@dataclass(frozen=True)
+class SliceData:
+    """Source rows of one slice as arrays: NaN where the source holds NULL."""
+
+    timestamps: np.ndarray  # datetime64[us]
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+
+def http_client() -> httpx.Client:
+    """This process's pooled client, with the timeouts of ``ETL_HTTP_TIMEOUT_S``."""
+    client = _clients.get(os.getpid())
+    if client is None:
+        timeout = get_settings().etl_http_timeout_s
+        client = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
+            headers={"User-Agent": "windfarm-etl-worker"},
+        )
+        _clients[os.getpid()] = client
+    return client
+
+
+def close_clients() -> None:
+    """Close this process's client and forget those inherited from a parent."""
+    client = _clients.pop(os.getpid(), None)
+    if client is not None:
+        client.close()
+    _clients.clear()
+
+
+def fetch_slice(
+    hour: datetime, *, variables: Sequence[str], client: httpx.Client | None = None
+) -> SliceData:
+    """The source rows of ``[hour, hour + 1 h)`` for ``variables``.
+
+    Raises :class:`SourceUnavailable` (retry) or :class:`SourceRejected` /
+    :class:`BadPayload` (do not).
+    """
+    params = [
+        ("start", hour.isoformat()),
+        # The API's end is inclusive; stop one microsecond before the next hour.
+        ("end", (hour + HOUR - timedelta(microseconds=1)).isoformat()),
+        *(("variables", v) for v in variables),
+    ]
+    url = httpx.URL(get_settings().api_base_url.rstrip("/") + "/data")
+    # Errors name the API without any user:password the URL may carry.
+    where = f"GET {url.copy_with(username=None, password=None)} for {hour.isoformat()}"
+    try:
+        response = (client or http_client()).get(url, params=params)
+    except httpx.TimeoutException as exc:
+        raise SourceUnavailable(f"{where} timed out ({type(exc).__name__})") from exc
+    except httpx.TransportError as exc:
+        raise SourceUnavailable(f"{where}: API unreachable ({type(exc).__name__}: {exc})") from exc
+    _check_status(response, where)
+    return parse_rows(response.content, hour=hour, variables=variables)
+
+
+def _check_status(response: httpx.Response, where: str) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    message = f"{where} answered HTTP {status}: {_detail(response)}"
+    if status >= 500 or status == 429:
+        raise SourceUnavailable(message)
+    raise SourceRejected(message)
+
+
+def _detail(response: httpx.Response) -> str:
+    """The API's own explanation (FastAPI's ``detail``), else the start of the body."""
+    try:
+        detail = orjson.loads(response.content).get("detail")
+    except (orjson.JSONDecodeError, AttributeError):
+        detail = None
+    text = detail if isinstance(detail, str) else response.text
+    return " ".join(text.split())[:_DETAIL_CHARS] or response.reason_phrase
+
+
+def parse_rows(body: bytes, *, hour: datetime, variables: Sequence[str]) -> SliceData:
+    """Arrays from a ``GET /data`` body; :class:`BadPayload` unless it is rows of the slice."""
+    try:
+        rows = orjson.loads(body)
+        timestamps = np.array([r["timestamp"] for r in rows], dtype="datetime64[us]")
+        columns = {v: np.array([r[v] for r in rows], dtype=np.float64) for v in variables}
+    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
+        raise BadPayload(
+            f"GET /data for {hour.isoformat()} returned malformed rows "
+            f"({type(exc).__name__}: {str(exc)[:_DETAIL_CHARS]})"
+        ) from exc
+    first, end = np.datetime64(hour, "us"), np.datetime64(hour + HOUR, "us")
+    if np.isnat(timestamps).any():
+        raise BadPayload(f"GET /data for {hour.isoformat()} returned a row without a timestamp")
+    if len(timestamps) and (timestamps.min() < first or timestamps.max() >= end):
+        raise BadPayload(f"GET /data for {hour.isoformat()} returned rows outside the hour")
+    return SliceData(timestamps, columns)
