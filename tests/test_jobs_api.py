@@ -1,0 +1,122 @@
+"""``/jobs`` over HTTP, in process, with the real target database and Redis."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from tests.conftest import Databases
+
+
+@pytest.fixture
+def broker():
+    """The test broker (Redis db 15), with this run's queue emptied before and after."""
+    from windfarm.config import get_settings
+
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.celery_broker_url)
+    client.delete(settings.etl_queue)
+    yield client, settings.etl_queue
+    client.delete(settings.etl_queue)
+    client.close()
+
+
+def _slices(url: str, job_id: int) -> list[tuple]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                text("SELECT slice_start, state, enqueued_at FROM etl_slice WHERE job_id = :j "
+                     "ORDER BY slice_start"),
+                {"j": job_id},
+            ).all()
+    finally:
+        engine.dispose()
+
+
+def test_posting_a_day_stores_24_slices_and_sends_them(client, dbs: Databases, broker):
+    redis_client, queue = broker
+    response = client.post("/jobs", json={"date": "2025-12-05"})
+    assert response.status_code == 202
+    job = response.json()
+    assert response.headers["location"] == f"/jobs/{job['id']}"
+    assert job["status"] == "queued"
+    assert job["slices_total"] == 24 and job["slices_pending"] == 24
+    assert (job["start_date"], job["end_date"]) == ("2025-12-05", "2025-12-05")
+    slices = _slices(dbs.target_url, job["id"])
+    assert [s.slice_start.hour for s in slices] == list(range(24))
+    assert all(s.slice_start.date().isoformat() == "2025-12-05" for s in slices)
+    # The background send ran after the response: every slice is on the queue.
+    assert all(s.enqueued_at is not None for s in slices)
+    assert redis_client.llen(queue) == 24
+
+
+def test_a_range_has_24_slices_a_day(client, broker):
+    job = client.post("/jobs", json={"start_date": "2025-12-01", "end_date": "2025-12-10"}).json()
+    assert job["slices_total"] == 240
+    assert client.get(f"/jobs/{job['id']}").json()["slices_total"] == 240
+
+
+def test_get_job_and_list_newest_first(client, broker):
+    first = client.post("/jobs", json={"date": "2025-12-01"}).json()
+    second = client.post("/jobs", json={"date": "2025-12-02"}).json()
+    shown = client.get(f"/jobs/{first['id']}").json()
+    for key in ("id", "status", "slices_total", "slices_succeeded", "slices_failed",
+                "slices_pending", "rows_written", "created_at", "finished_at", "errors"):
+        assert key in shown
+    listed = client.get("/jobs", params={"limit": 2}).json()
+    assert [j["id"] for j in listed] == [second["id"], first["id"]]
+
+
+def test_unknown_job_is_404(client):
+    response = client.get("/jobs/999999999")
+    assert response.status_code == 404
+    assert response.json()["detail"] == "there is no job 999999999"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "give date, or both start_date and end_date"),
+        ({"date": "2025-12-32"}, "date '2025-12-32' is not an ISO 8601 date"),
+        ({"date": "tomorrow"}, "is not an ISO 8601 date"),
+        ({"start_date": "2025-12-05"}, "give date, or both start_date and end_date"),
+        ({"start_date": "2025-12-05", "end_date": "2025-12-01"}, "is before start_date"),
+        ({"date": "2025-12-05", "start_date": "2025-12-05", "end_date": "2025-12-06"}, "not both"),
+        ({"date": "2025-12-05", "priority": 1}, "priority is not a known field"),
+        ({"start_date": "2024-01-01", "end_date": "2025-12-31"}, "more than 366 days (JOBS_MAX_DAYS)"),
+        ([1, 2], "Input should be a valid dictionary"),
+    ],
+)
+def test_bad_bodies_are_422_with_a_reason(client, body, message):
+    response = client.post("/jobs", json=body)
+    assert response.status_code == 422
+    assert message in response.json()["detail"]
+
+
+def test_malformed_json_is_422(client):
+    response = client.post("/jobs", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_limit_is_bounded(client):
+    assert client.get("/jobs", params={"limit": 0}).status_code == 422
+    assert client.get("/jobs", params={"limit": 100000}).status_code == 422
+
+
+def test_token_guards_posting_when_configured(client, settings_env, broker):
+    settings_env(API_TOKEN="s3cret-token")
+    missing = client.post("/jobs", json={"date": "2025-12-05"})
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = client.post("/jobs", json={"date": "2025-12-05"},
+                        headers={"Authorization": "Bearer s3cret-tokeX"})
+    assert wrong.status_code == 401
+    assert "s3cret" not in wrong.text
+    right = client.post("/jobs", json={"date": "2025-12-05"},
+                        headers={"Authorization": "Bearer s3cret-token"})
+    assert right.status_code == 202
+    # Reading stays open: the token guards work, not observation.
+    assert client.get(f"/jobs/{right.json()['id']}").status_code == 200
+

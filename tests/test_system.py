@@ -1,0 +1,200 @@
+"""The running system with real processes: api, workers, beat, Flower, Redis, PostgreSQL.
+
+Each test ends with the target compared to the SQL oracle and the job's report
+checked, so "it finished" always means "it is right".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import datetime
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import Databases
+from tests.oracle import assert_target_matches_oracle
+from tests.procs import process_env, purge_queue, run_api, run_worker, wait_for_job
+from tests.stack import PrivateRedis, run_beat, run_flower
+from windfarm.db import target_engine
+
+pytestmark = pytest.mark.slow
+
+# Fast clocks for the reconciler so that tests see it act within seconds.
+FAST_RECONCILE = {"ETL_RECONCILE_EVERY_S": "1", "ETL_SLICE_TIMEOUT_S": "5"}
+
+
+@pytest.fixture
+def stack(fresh_dbs: Databases):
+    """Start processes on this test's databases; all stopped (logs printed) at teardown."""
+    started = []
+
+    def track(proc):
+        started.append(proc)
+        return proc
+
+    yield track
+    for proc in reversed(started):
+        proc.stop()
+        print(proc.describe())
+    purge_queue(os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"])
+
+
+def _post(api_url: str, body: dict, **headers: str) -> dict:
+    response = httpx.post(f"{api_url}/jobs", json=body, headers=headers, timeout=30)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def _job(api_url: str, job_id: int) -> dict:
+    return httpx.get(f"{api_url}/jobs/{job_id}", timeout=10).json()
+
+
+def _wait_progress(api_url: str, job_id: int, succeeded: int, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = _job(api_url, job_id)
+        if job["slices_succeeded"] >= succeeded:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {succeeded} slices: {job}")
+
+
+def _duplicates(target_url: str) -> int:
+    with target_engine().connect() as conn:
+        return conn.scalar(text(
+            'SELECT count(*) - count(DISTINCT ("timestamp", signal_id)) FROM data'))
+
+
+def test_one_day_job_over_http(fresh_dbs: Databases, stack):
+    api = stack(run_api(process_env()))
+    worker = stack(run_worker(process_env(API_BASE_URL=api.url)))
+    job = _post(api.url, {"date": "2025-12-05"})
+    view = wait_for_job(job["id"], timeout=60, procs=(api, worker))
+    shown = _job(api.url, job["id"])
+    assert shown["status"] == "succeeded" == view.status
+    assert (shown["slices_succeeded"], shown["slices_failed"], shown["slices_pending"]) == (24, 0, 0)
+    assert shown["finished_at"] is not None and shown["errors"] == []
+    rows = assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url,
+                                        datetime(2025, 12, 5), datetime(2025, 12, 6))
+    assert shown["rows_written"] == rows
+
+
+def test_ten_day_job_is_240_slices_equal_to_the_oracle(fresh_dbs: Databases, stack):
+    api = stack(run_api(process_env()))
+    worker = stack(run_worker(process_env(API_BASE_URL=api.url)))
+    job = _post(api.url, {"start_date": "2025-12-01", "end_date": "2025-12-10"})
+    assert job["slices_total"] == 240
+    view = wait_for_job(job["id"], timeout=180, procs=(api, worker))
+    assert (view.status, view.slices_succeeded) == ("succeeded", 240)
+    rows = assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url,
+                                        datetime(2025, 12, 1), datetime(2025, 12, 11))
+    assert view.rows_written == rows
+
+
+def test_a_worker_killed_mid_backfill_loses_and_duplicates_nothing(fresh_dbs: Databases, stack):
+    api = stack(run_api(process_env()))
+    env = process_env(API_BASE_URL=api.url, **FAST_RECONCILE)
+    doomed = stack(run_worker(env, name="doomed"))
+    job = _post(api.url, {"start_date": "2025-12-01", "end_date": "2025-12-10"})
+    _wait_progress(api.url, job["id"], succeeded=30)
+    # The whole worker dies at once, pool children and all, with slices in hand.
+    os.killpg(doomed.pid, signal.SIGKILL)
+    doomed.popen.wait(10)
+    in_hand = _job(api.url, job["id"])
+    assert in_hand["slices_pending"] > 0
+    stack(run_beat(env))
+    survivor = stack(run_worker(env, name="survivor"))
+    view = wait_for_job(job["id"], timeout=180, procs=(api, survivor))
+    assert (view.status, view.slices_succeeded, view.slices_failed) == ("succeeded", 240, 0)
+    rows = assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url,
+                                        datetime(2025, 12, 1), datetime(2025, 12, 11))
+    assert view.rows_written == rows
+    assert _duplicates(fresh_dbs.target_url) == 0
+
+
+def test_a_job_posted_while_the_broker_is_down_completes_after_it_returns(
+    fresh_dbs: Databases, stack
+):
+    broker = PrivateRedis()
+    broker.start()
+    try:
+        env_broker = {"CELERY_BROKER_URL": broker.url, **FAST_RECONCILE}
+        api = stack(run_api(process_env(**env_broker)))
+        env = process_env(API_BASE_URL=api.url, **env_broker)
+        worker = stack(run_worker(env))
+        stack(run_beat(env))
+        broker.stop()
+        began = time.monotonic()
+        job = _post(api.url, {"date": "2025-12-07"})
+        assert time.monotonic() - began < 15  # accepted promptly, not after endless retries
+        time.sleep(2)
+        assert _job(api.url, job["id"])["status"] == "queued"
+        broker.start()  # same port, empty: nothing of the job was ever sent
+        view = wait_for_job(job["id"], timeout=90, procs=(api, worker))
+        assert (view.status, view.slices_succeeded) == ("succeeded", 24)
+        assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url,
+                                     datetime(2025, 12, 7), datetime(2025, 12, 8))
+    finally:
+        broker.stop()
+
+
+def test_the_token_guards_posting_on_the_real_server(fresh_dbs: Databases, stack):
+    api = stack(run_api(process_env(API_TOKEN="t0ken-for-tests")))
+    denied = httpx.post(f"{api.url}/jobs", json={"date": "2025-12-05"})
+    assert denied.status_code == 401
+    assert httpx.post(f"{api.url}/jobs", json={"date": "2025-12-05"},
+                      headers={"Authorization": "Bearer nope"}).status_code == 401
+    _post(api.url, {"date": "2025-12-05"}, Authorization="Bearer t0ken-for-tests")
+
+
+def test_two_beats_create_each_scheduled_job_once(fresh_dbs: Databases, stack):
+    api = stack(run_api(process_env()))
+    env = process_env(API_BASE_URL=api.url, ETL_HOURLY_CRON="* * * * *",
+                      ETL_DAILY_CRON="* * * * *")
+    stack(run_worker(env))
+    beats = [stack(run_beat(env, name="beat1")), stack(run_beat(env, name="beat2"))]
+    for beat in beats:  # each beat sends both schedules at the next minute
+        assert beat.wait_for_log("scheduler.enqueue_daily", timeout=75), beat.describe()
+        assert beat.wait_for_log("scheduler.enqueue_hourly", timeout=10), beat.describe()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with target_engine().connect() as conn:
+            keys = conn.execute(text(
+                "SELECT dedupe_key, count(*) FROM etl_job WHERE origin IN ('hourly', 'daily') "
+                "GROUP BY 1")).all()
+        if len(keys) >= 4:
+            break
+        time.sleep(0.5)
+    counted = dict(keys)
+    assert sum(1 for k in counted if k.startswith("daily:")) >= 1
+    assert sum(1 for k in counted if k.startswith("hourly:")) >= 3  # last hour and catch-up
+    assert set(counted.values()) == {1}, counted
+    with target_engine().connect() as conn:
+        daily_slices = conn.scalar(text(
+            "SELECT slices_total FROM etl_job WHERE origin = 'daily' ORDER BY id LIMIT 1"))
+    assert daily_slices == 24
+
+
+def test_flower_lists_the_tasks_behind_basic_auth(fresh_dbs: Databases, stack):
+    api = stack(run_api(process_env()))
+    env = process_env(API_BASE_URL=api.url, FLOWER_BASIC_AUTH="ops:flower-pass")
+    flower = stack(run_flower(env))
+    worker = stack(run_worker(env))
+    job = _post(api.url, {"date": "2025-12-08"})
+    wait_for_job(job["id"], timeout=60, procs=(api, worker))
+    assert httpx.get(f"{flower.url}/api/tasks", timeout=10).status_code == 401
+    auth = ("ops", "flower-pass")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        tasks = httpx.get(f"{flower.url}/api/tasks", auth=auth, timeout=10).json()
+        slices = [t for t in tasks.values() if t.get("name") == "workers.process_slice"]
+        if len(slices) >= 24 and all(t["state"] == "SUCCESS" for t in slices):
+            break
+        time.sleep(0.5)
+    assert len(slices) == 24 and {t["state"] for t in slices} == {"SUCCESS"}, tasks
+    # Flower saw which worker ran each task.
+    assert {t["worker"].split("-")[0] for t in slices} == {"worker"}
