@@ -1,5 +1,11 @@
 """The slice task. Thin: :func:`workers.run.run_slice` does the work; this
-module decides when to retry and when to give up."""
+module decides when to retry and when to give up.
+
+Every way out leaves the slice accounted for: succeeded or failed with its
+reason in the database, or a retry message on the broker. If even recording
+the failure is impossible (the target is down too), the slice stays
+``running`` and the reconciler sends it again after ``ETL_SLICE_TIMEOUT_S``.
+"""
 
 from __future__ import annotations
 
