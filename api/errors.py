@@ -1,17 +1,29 @@
 """Error bodies a person can read.
 
 Every 4xx answer of the API is ``{"detail": "<one sentence>"}``; validation
-failures add ``errors``, one entry per problem, for programs.
+failures add ``errors``, one entry per problem, for programs. 5xx answers say
+as little: a database that does not answer is a 503 (retry later), anything
+else a 500 ``internal error``. Neither ever carries SQL, a stack trace or a
+connection string; the server's log has the particulars.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = "internal error"
+DATABASE_UNAVAILABLE = "a database the service needs is not answering; try again later"
+RETRY_AFTER_S = 5
 
 DATETIME_HINT = "an ISO 8601 date-time such as 2025-12-05T00:00:00"
 DATE_HINT = "an ISO 8601 date such as 2025-12-05"
@@ -38,7 +50,9 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 
 def _sentence(errors: list[FieldError]) -> str:
-    return "; ".join(e.message if e.field == "request" else f"{e.field} {e.message}" for e in errors)
+    return "; ".join(
+        e.message if e.field == "request" else f"{e.field} {e.message}" for e in errors
+    )
 
 
 def _show(value: Any) -> str:
@@ -73,3 +87,36 @@ def describe(exc: RequestValidationError) -> Problem:
 async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     return JSONResponse(status_code=422, content=describe(exc).model_dump(exclude_none=True))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exception's type and the driver's first line: no SQL, no parameters."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0][:300]}" if lines else type(cause).__name__
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means a database is down or dropped the connection."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+async def database_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """503 while a database does not answer; 500 for any other SQLAlchemy error."""
+    if not database_unavailable(exc):
+        log.error("%s %s: database error", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(status_code=500, content={"detail": INTERNAL_ERROR})
+    log.warning("%s %s: %s", request.method, request.url.path, _first_line(exc))
+    return JSONResponse(
+        status_code=503,
+        content={"detail": DATABASE_UNAVAILABLE},
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """500 with a generic body; the server logs the traceback (Starlette re-raises)."""
+    log.error("%s %s: unhandled %s", request.method, request.url.path, type(exc).__name__)
+    return JSONResponse(status_code=500, content={"detail": INTERNAL_ERROR})

@@ -8,8 +8,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
-from api.errors import validation_handler
+from api.errors import (
+    database_error_handler,
+    internal_error_handler,
+    problem_responses,
+    validation_handler,
+)
+from api.limits import RequestLimits
 from api.routes import dashboard, data, health, jobs, partitions, series
 from windfarm.db import target_engine
 from windfarm.models import prepare_target
@@ -32,8 +39,13 @@ def create_app() -> FastAPI:
         summary="Wind-turbine source data and 10-minute statistics ETL jobs.",
         version="0.1.0",
         lifespan=lifespan,
+        # Any request can meet api.limits' query-string bound.
+        responses=problem_responses(414),
     )
     app.add_exception_handler(RequestValidationError, validation_handler)
+    app.add_exception_handler(SQLAlchemyError, database_error_handler)
+    app.add_exception_handler(Exception, internal_error_handler)
+    app.add_middleware(RequestLimits)
     app.include_router(data.router)
     app.include_router(jobs.router)
     app.include_router(partitions.router)

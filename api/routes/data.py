@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from sqlalchemy import text
 
 from api.errors import problem_responses
+from api.params import IsoDateTime
 from windfarm.config import VARIABLES, get_settings
 from windfarm.db import source_engine
 from windfarm.timeutil import end_of_day, to_utc
@@ -58,9 +59,10 @@ def resolve_range(start: datetime, end: datetime | None, max_days: int) -> tuple
     },
 )
 def get_data(
-    start: Annotated[datetime, Query(description="first instant, ISO 8601; naive means UTC")],
+    start: Annotated[IsoDateTime, Query(description="first instant, ISO 8601; naive means UTC")],
     end: Annotated[
-        datetime | None, Query(description="last instant, inclusive; default: end of start's day")
+        IsoDateTime | None,
+        Query(description="last instant, inclusive; default: end of start's day"),
     ] = None,
     variables: Annotated[
         list[Variable] | None, Query(description="repeatable; omitted means all", max_length=10)

@@ -5,15 +5,31 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Self
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Path, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from api.deps import Authorized, TargetConn
 from api.errors import problem_responses
+from api.params import IsoDate
 from windfarm import jobs
 from windfarm.config import get_settings
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+# Job ids are PostgreSQL bigints; a larger number is no id at all.
+MAX_JOB_ID = 2**63 - 1
+
+# Every time in the target is naive UTC; say so, instead of promising the
+# offset that OpenAPI's "date-time" format requires.
+UtcDateTime = Annotated[
+    dt.datetime,
+    WithJsonSchema({
+        "type": "string",
+        "description": "UTC, ISO 8601 without an offset",
+        "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?$",
+        "examples": ["2025-12-05T03:00:00"],
+    }),
+]
 
 
 class JobRequest(BaseModel):
@@ -25,9 +41,9 @@ class JobRequest(BaseModel):
                                         {"start_date": "2025-12-01", "end_date": "2025-12-10"}]},
     )
 
-    date: dt.date | None = None
-    start_date: dt.date | None = None
-    end_date: dt.date | None = None
+    date: IsoDate | None = None
+    start_date: IsoDate | None = None
+    end_date: IsoDate | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> Self:
@@ -49,7 +65,7 @@ class JobRequest(BaseModel):
 
 
 class SliceErrorOut(BaseModel):
-    slice_start: dt.datetime
+    slice_start: UtcDateTime
     message: str
 
 
@@ -65,8 +81,8 @@ class JobOut(BaseModel):
     slices_running: int
     slices_pending: int = Field(description="slices not yet ended: queued or running")
     rows_written: int
-    created_at: dt.datetime
-    finished_at: dt.datetime | None
+    created_at: UtcDateTime
+    finished_at: UtcDateTime | None
     errors: list[SliceErrorOut]
 
     @classmethod
@@ -87,7 +103,8 @@ def _enqueue(job_id: int, starts: list[dt.datetime]) -> None:
     status_code=202,
     response_model=JobOut,
     dependencies=[Authorized],
-    responses=problem_responses(401, 422),
+    # 400: a body that is not text at all; 413: larger than api.limits allows.
+    responses=problem_responses(400, 401, 413, 422),
 )
 def post_job(
     request: JobRequest, conn: TargetConn, background: BackgroundTasks, response: Response
@@ -111,8 +128,8 @@ def post_job(
     return JobOut.of(view)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=problem_responses(404))
-def get_job(job_id: int, conn: TargetConn) -> JobOut:
+@router.get("/{job_id}", response_model=JobOut, responses=problem_responses(404, 422))
+def get_job(job_id: Annotated[int, Path(ge=1, le=MAX_JOB_ID)], conn: TargetConn) -> JobOut:
     """One job with its progress and the errors of its failed slices."""
     view = jobs.get_job(conn, job_id)
     if view is None:

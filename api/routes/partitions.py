@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from api.deps import TargetConn
 from api.errors import problem_responses
+from api.params import IsoDate
 from windfarm.config import get_settings
 
 router = APIRouter(tags=["partitions"])
@@ -118,9 +119,9 @@ def resolve_days(start: dt.date, end: dt.date | None, max_days: int) -> tuple[dt
 )
 def get_partitions(
     conn: TargetConn,
-    start_date: Annotated[dt.date, Query(description="first day, ISO 8601 (UTC)")],
+    start_date: Annotated[IsoDate, Query(description="first day, ISO 8601 (UTC)")],
     end_date: Annotated[
-        dt.date | None, Query(description="last day, inclusive; default: start_date")
+        IsoDate | None, Query(description="last day, inclusive; default: start_date")
     ] = None,
 ) -> Response:
     """The state of every hour slice of each day, as its newest job left it."""

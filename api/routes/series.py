@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from functools import lru_cache
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from sqlalchemy import Connection, bindparam, text
 
 from api.deps import TargetConn
 from api.errors import problem_responses
+from api.params import IsoDateTime
 from api.routes.data import resolve_range
 from windfarm.config import VARIABLES, get_settings
 
@@ -101,9 +101,11 @@ def get_series(
         list[str],
         Query(description="a signal name such as wind_speed_mean_10m; repeatable", min_length=1),
     ],
-    start: Annotated[datetime, Query(description="first window start, ISO 8601; naive means UTC")],
+    start: Annotated[
+        IsoDateTime, Query(description="first window start, ISO 8601; naive means UTC")
+    ],
     end: Annotated[
-        datetime | None,
+        IsoDateTime | None,
         Query(description="last window start, inclusive; default: end of start's day"),
     ] = None,
 ) -> Response:
