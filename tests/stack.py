@@ -48,28 +48,33 @@ def run_flower(env: dict[str, str], *, name: str = "flower") -> Proc:
 
 class PrivateRedis:
     """A redis-server of the test's own on a free port; it keeps nothing on disk,
-    so :meth:`restart` loses every message, as a real broker restart would."""
+    so :meth:`restart` loses every message, as a real broker restart would.
+    With ``password`` it requires AUTH, and :attr:`url` carries the password."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, password: str | None = None) -> None:
         self.port = free_port()
+        self.password = password
         self.dir = Path(tempfile.mkdtemp(prefix="wf-redis-"))
         self.popen: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         server = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.popen = subprocess.Popen(
             [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir)],
+             "--appendonly", "no", "--dir", str(self.dir),
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.5).ping()
+                redis.Redis(port=self.port, password=self.password,
+                            socket_connect_timeout=0.5).ping()
                 return
             except redis.ConnectionError:
                 time.sleep(0.05)
