@@ -30,3 +30,7 @@ clean:
 
 run: install
 	$(BIN)/python -m windfarm.devrun
+
+# DAYS=365 for a year; WORKERS=1,2,4 measures each count.
+bench: install
+	$(BIN)/python -m bench.run --days $${DAYS:-10} --workers $${WORKERS:-2}

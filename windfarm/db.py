@@ -18,20 +18,31 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from windfarm.config import get_settings
 
-_engines: dict[tuple[int, str], Engine] = {}
+_engines: dict[tuple[int, str, bool], Engine] = {}
 
 
-def engine_for(url: str) -> Engine:
-    """The pooled engine of this process for ``url``."""
-    key = (os.getpid(), url)
+def engine_for(url: str, *, autocommit: bool = False) -> Engine:
+    """The pooled engine of this process for ``url``.
+
+    With ``autocommit`` the engine's connections never open a transaction:
+    each statement (or each multi-statement string, which PostgreSQL runs as
+    one implicit transaction) commits on its own, in one round trip instead
+    of BEGIN, statement, COMMIT. It has a pool of its own, so connections
+    are not switched between modes on every checkout.
+    """
+    key = (os.getpid(), url, autocommit)
     engine = _engines.get(key)
     if engine is None:
+        # No pre-ping: it would cost a round trip on every checkout of the hot
+        # path. A connection that died is invalidated (with the rest of the
+        # pool) on its first error; callers treat that error as transient.
         engine = create_engine(
             url,
-            pool_pre_ping=True,
             pool_size=5,
             max_overflow=10,
+            pool_recycle=1800,
             connect_args={"connect_timeout": 5},
+            **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
         )
         _engines[key] = engine
     return engine
@@ -45,9 +56,14 @@ def target_engine() -> Engine:
     return engine_for(get_settings().target_database_url)
 
 
+def autocommit(engine: Engine) -> Engine:
+    """The autocommit twin of ``engine`` (see :func:`engine_for`)."""
+    return engine_for(engine.url.render_as_string(hide_password=False), autocommit=True)
+
+
 def dispose_engines() -> None:
     """Forget every engine (after settings change, or in a freshly forked child)."""
-    for (pid, _), engine in list(_engines.items()):
+    for (pid, _, _), engine in list(_engines.items()):
         if pid == os.getpid():
             engine.dispose()
         else:

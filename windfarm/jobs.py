@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from windfarm.db import autocommit
 from windfarm.models import Job, Slice
 from windfarm.timeutil import day_hours, days_between
 
@@ -110,6 +111,31 @@ def claim_slice(conn: Connection, job_id: int, slice_start: datetime) -> int | N
     )
 
 
+# Workers commit their bookkeeping without waiting for the WAL flush: a
+# round trip's worth of fsync per statement otherwise. If PostgreSQL itself
+# crashes, the last fraction of a second of such commits is lost, but whole
+# transactions at a time: a slice's rows vanish together with its
+# "succeeded" mark, so it reads as unfinished and the reconciler runs it again.
+ASYNC_COMMIT_SQL = "SET LOCAL synchronous_commit TO off"
+
+CLAIM_SLICE_SQL = """
+UPDATE etl_slice
+   SET state = 'running', attempts = attempts + 1, started_at = timezone('utc', now())
+ WHERE job_id = %(job_id)s AND slice_start = %(slice_start)s
+   AND state IN ('queued', 'running')
+RETURNING attempts
+"""
+
+
+def claim_slice_now(engine: Engine, job_id: int, slice_start: datetime) -> int | None:
+    """:func:`claim_slice`, committed at once in a single round trip."""
+    with autocommit(engine).connect() as conn:
+        return conn.exec_driver_sql(
+            f"{ASYNC_COMMIT_SQL};\n{CLAIM_SLICE_SQL}",
+            {"job_id": job_id, "slice_start": slice_start},
+        ).scalar()
+
+
 def complete_slice(conn: Connection, job_id: int, slice_start: datetime, rows_written: int) -> None:
     """Mark a slice succeeded; call it in the transaction that wrote its rows."""
     conn.execute(
@@ -117,6 +143,16 @@ def complete_slice(conn: Connection, job_id: int, slice_start: datetime, rows_wr
         .where(Slice.job_id == job_id, Slice.slice_start == slice_start)
         .values(state="succeeded", rows_written=rows_written, error=None, finished_at=_now())
     )
+
+
+# complete_slice as driver-level SQL (psycopg2 parameters), to be sent in the
+# same multi-statement string as the slice's rows (workers/store.py).
+COMPLETE_SLICE_SQL = """
+UPDATE etl_slice
+   SET state = 'succeeded', rows_written = %(rows_written)s, error = NULL,
+       finished_at = timezone('utc', now())
+ WHERE job_id = %(job_id)s AND slice_start = %(slice_start)s
+"""
 
 
 def fail_slice(conn: Connection, job_id: int, slice_start: datetime, message: str) -> None:

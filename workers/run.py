@@ -26,7 +26,7 @@ from windfarm.timeutil import hour_floor, to_utc
 from workers.errors import PermanentError, TargetUnavailable, TransientError, describe
 from workers.source import fetch_slice
 from workers.stats import signal_names, stat_rows
-from workers.store import signal_ids, write_slice
+from workers.store import commit_slice, signal_ids
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def run_slice(
 ) -> SliceOutcome:
     """Process one slice of a job; see the module docstring for how it can end."""
     hour = parse_hour(slice_start)
-    with target_errors(), target_engine().begin() as conn:
-        attempt = jobs.claim_slice(conn, job_id, hour)
+    with target_errors():
+        attempt = jobs.claim_slice_now(target_engine(), job_id, hour)
     if attempt is None:
         log.info("slice %s of job %s already ended or unknown; nothing to do", hour, job_id)
         return SliceOutcome("skipped")
@@ -105,9 +105,7 @@ def process(job_id: int, hour: datetime, *, client: httpx.Client | None = None) 
     engine = target_engine()
     with target_errors():
         ids = signal_ids(engine, signal_names(variables))
-        with engine.begin() as conn:
-            written = write_slice(conn, hour, rows, ids=ids)
-            jobs.complete_slice(conn, job_id, hour, written)
+        written = commit_slice(engine, job_id, hour, rows, ids=ids)
     log.info("slice %s of job %s: %d rows from %d source rows", hour, job_id, written, len(data))
     return written
 
