@@ -2,9 +2,12 @@
 module decides when to retry and when to give up.
 
 Every way out leaves the slice accounted for: succeeded or failed with its
-reason in the database, or a retry message on the broker. If even recording
-the failure is impossible (the target is down too), the slice stays
-``running`` and the reconciler sends it again after ``ETL_SLICE_TIMEOUT_S``.
+reason in the database, or a retry message on the broker. A target database
+that is still down when the retries run out does not fail the slice: the
+outage says nothing about the slice, and nothing could be recorded anyway. The
+slice stays open and the reconciler sends it again once the target answers
+(after ``ETL_SLICE_TIMEOUT_S``), however long the outage lasted. The same
+happens when recording a failure is impossible because the target went down.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from windfarm.config import get_settings
 from workers.celery_app import MAX_RETRY_DELAY_S, TASK_SOFT_TIME_LIMIT_S, app
-from workers.errors import TransientError, describe
+from workers.errors import TargetUnavailable, TransientError, describe
 from workers.run import give_up, run_slice
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,10 @@ def retry_delay(retries: int, *, rand: Callable[[], float] = random.random) -> f
     return rand() * min(cap, RETRY_BASE_S * 2 ** min(retries, 32))
 
 
-@app.task(name="workers.process_slice", bind=True, acks_late=True, max_retries=None)
+# throws: a target outage that outlasts the retries is expected, not a bug;
+# Celery logs it in one line instead of a traceback.
+@app.task(name="workers.process_slice", bind=True, acks_late=True, max_retries=None,
+          throws=(TargetUnavailable,))
 def process_slice(self: Task, job_id: int, slice_start: str) -> int:
     """Process the slice ``slice_start`` (an ISO hour) of job ``job_id``; rows written."""
     try:
@@ -48,6 +54,10 @@ def process_slice(self: Task, job_id: int, slice_start: str) -> int:
         )
         retries = self.request.retries
         if retries >= get_settings().etl_max_retries:
+            if isinstance(exc, TargetUnavailable):
+                log.warning("slice %s of job %s: %s after %d attempts; left to the reconciler",
+                            slice_start, job_id, reason, retries + 1)
+                raise
             give_up(job_id, slice_start, f"gave up after {retries + 1} attempts: {reason}")
             return 0
         delay = retry_delay(retries)
