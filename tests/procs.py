@@ -233,12 +233,16 @@ class FaultyProxy:
     """A small HTTP server in the test process in front of a real API.
 
     For every GET, ``rule(path_with_query, n)`` (query unquoted) (``n`` counts requests from 0)
-    returns ``(status, body)`` to answer itself, or None to forward upstream.
+    returns ``(status, body)`` to answer itself, :attr:`RESET` to drop the
+    connection with a TCP reset instead of answering, or None to forward upstream.
     ``requests`` records every path seen, in order.
     """
 
+    RESET = "reset"
+
     def __init__(self, upstream: str, rule) -> None:
         import http.server
+        import struct
         import threading
 
         proxy = self
@@ -249,12 +253,23 @@ class FaultyProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
-                status, body = proxy._answer(self.path)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                answer = proxy._answer(self.path)
+                if answer == FaultyProxy.RESET:
+                    # Linger on with a zero timeout: close() sends RST, not FIN.
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                status, body = answer
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client gave up waiting
 
             def log_message(self, *args) -> None:
                 pass
@@ -273,12 +288,14 @@ class FaultyProxy:
         with self._lock:
             return sum(text in path for path in self.requests)
 
-    def _answer(self, path: str) -> tuple[int, bytes]:
+    def _answer(self, path: str) -> tuple[int, bytes] | str:
         readable = urllib.parse.unquote(path)  # "start=2025-12-05T05:00:00", not "%3A"
         with self._lock:
             n = len(self.requests)
             self.requests.append(readable)
         answer = self.rule(readable, n)
+        if answer == FaultyProxy.RESET:
+            return answer
         if answer is not None:
             status, body = answer
             return status, body if isinstance(body, bytes) else json.dumps(body).encode()
