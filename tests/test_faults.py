@@ -265,7 +265,7 @@ def test_the_target_database_unreachable_for_20_s_mid_backfill(system: System):
     system.start_beat(TARGET_DATABASE_URL=via_line)
     first, last = date(2025, 12, 1), date(2025, 12, 10)
     job = system.post({"start_date": first.isoformat(), "end_date": last.isoformat()})
-    system.wait_progress(job["id"], 40)
+    system.wait_progress(job["id"], 20)
 
     line.cut()
     during = []
@@ -303,12 +303,12 @@ def test_redis_restarted_with_its_queue_lost_mid_backfill(system: System):
     system.start_beat(**env)
     first, last = date(2025, 12, 1), date(2025, 12, 10)
     job = system.post({"start_date": first.isoformat(), "end_date": last.isoformat()})
-    system.wait_progress(job["id"], 30)
+    system.wait_progress(job["id"], 10)
 
     queue = os.environ["ETL_QUEUE"]
     waiting = queue_length(broker.url, queue)
     broker.restart(down_for=1)  # nothing on disk: every queued message is gone
-    assert waiting > 50 and queue_length(broker.url, queue) == 0
+    assert waiting > 20 and queue_length(broker.url, queue) == 0
 
     system.wait(job["id"], timeout=120)
     assert_succeeded_and_right(system, job["id"], first, last)
@@ -355,7 +355,7 @@ def test_a_worker_sigkilled_and_another_sigtermed_mid_task_lose_nothing(system: 
     system.start_beat()
     first, last = date(2025, 12, 2), date(2025, 12, 4)
     job = system.post({"start_date": first.isoformat(), "end_date": last.isoformat()})
-    system.wait_progress(job["id"], 6)
+    system.wait_progress(job["id"], 3)
     for hold in held.values():
         hold.armed.set()
     for name, hold in held.items():
