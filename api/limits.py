@@ -34,14 +34,21 @@ class RequestLimits:
             await _refuse(414, f"the query string is longer than {self.max_query} bytes",
                           scope, receive, send)
             return
-        declared = _content_length(scope)
-        if declared is None:
-            await _refuse(400, "Content-Length is not a number", scope, receive, send)
+        headers = dict(scope.get("headers", ()))
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            # The server holds a body to its declared length, so the header says it all.
+            if not declared.strip().isdigit():
+                await _refuse(400, "Content-Length is not a number", scope, receive, send)
+            elif int(declared) > self.max_body:
+                await self._too_large(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
-        if declared > self.max_body:
-            await self._too_large(scope, receive, send)
+        if b"transfer-encoding" not in headers:  # no body at all: nothing to count
+            await self.app(scope, receive, send)
             return
-        body = await self._read_body(receive)
+        body = await self._read_body(receive)  # chunked: count it as it arrives
         if body is None:
             await self._too_large(scope, receive, send)
             return
@@ -64,14 +71,6 @@ class RequestLimits:
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _refuse(413, f"the request body is larger than {self.max_body} bytes",
                       scope, receive, send)
-
-
-def _content_length(scope: Scope) -> int | None:
-    """The declared body length (0 when not declared), None when it is not a number."""
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            return int(value) if value.strip().isdigit() else None
-    return 0
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
