@@ -39,6 +39,8 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
+    # Many short tasks and no rate limits: skip the per-task bucket check.
+    worker_disable_rate_limits=True,
     worker_send_task_events=True,
     task_send_sent_event=True,
     task_ignore_result=True,

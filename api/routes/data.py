@@ -9,11 +9,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from api.errors import problem_responses
 from api.params import IsoDateTime
 from windfarm.config import VARIABLES, get_settings
-from windfarm.db import source_engine
+from windfarm.db import autocommit, source_engine
 from windfarm.timeutil import end_of_day, to_utc
 
 router = APIRouter(tags=["data"])
@@ -31,6 +32,19 @@ def _query(variables: tuple[str, ...]):
                                      ORDER BY "timestamp"), '[]')::text
             FROM data WHERE "timestamp" BETWEEN :start AND :end"""
     )
+
+
+def _read(query, params: dict):
+    """One read in one round trip (no transaction to open or roll back). The
+    pool is not pre-pinged, so a connection that died with a database restart
+    fails once and is replaced: that read is tried once more."""
+    for attempt in (1, 2):
+        try:
+            with autocommit(source_engine()).connect() as conn:
+                return conn.scalar(query, params)
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
 
 
 def resolve_range(start: datetime, end: datetime | None, max_days: int) -> tuple[datetime, datetime]:
@@ -72,6 +86,5 @@ def get_data(
     start, end = resolve_range(start, end, get_settings().data_max_days)
     wanted = {v.value for v in variables or Variable}
     chosen = tuple(name for name in VARIABLES if name in wanted)
-    with source_engine().connect() as conn:
-        body = conn.scalar(_query(chosen), {"start": start, "end": end})
+    body = _read(_query(chosen), {"start": start, "end": end})
     return Response(content=body, media_type="application/json")
