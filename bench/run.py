@@ -6,6 +6,8 @@
    processes, on the running PostgreSQL and Redis.
 3. Posts one backfill job and measures, from ``POST /jobs`` to the job's end:
    wall time, slices/s, source rows/s, per-slice latency p50/p95/p99.
+   Each worker count first runs a one-day job that is not measured: the
+   figures are those of running workers, not of their first connections.
 4. Measures ``GET /data`` for one hour and one day: sequential p50/p99 and
    requests/s with concurrent clients.
 5. Runs the same days through ``python -m workers.etl`` in one process.
@@ -21,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import threading
@@ -131,9 +132,11 @@ class Stack:
         drop_database(self.target_url)
 
 
-def run_backfill(stack: Stack, api_url: str) -> dict:
-    """POST one job for every day and wait for its end; the figures."""
-    body = {"start_date": FIRST_DAY.isoformat(), "end_date": stack.last_day.isoformat()}
+def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict:
+    """POST one job for the first ``days`` (default: every day) and wait for its end;
+    the figures."""
+    last = FIRST_DAY + timedelta(days=days - 1) if days else stack.last_day
+    body = {"start_date": FIRST_DAY.isoformat(), "end_date": last.isoformat()}
     engine = create_engine(stack.target_url, poolclass=NullPool)
     with httpx.Client(base_url=api_url, timeout=120) as client:
         began = time.perf_counter()
@@ -156,7 +159,9 @@ def run_backfill(stack: Stack, api_url: str) -> dict:
             "SELECT (extract(epoch FROM finished_at - started_at) * 1000)::float8 FROM etl_slice "
             "WHERE job_id = :j"), {"j": job_id})]
     engine.dispose()
-    source_rows = _scalar(stack.source_url, "SELECT count(*) FROM data")[0]
+    source_rows = _scalar(
+        stack.source_url, "SELECT count(*) FROM data WHERE \"timestamp\" < :end",
+        end=last + timedelta(days=1))[0]
     slices = final["slices_total"]
     return {
         "job_status": final["status"],
@@ -266,11 +271,12 @@ def print_table(figures: dict) -> None:
     print(f"windfarm-etl benchmark: {figures['days']} days, {figures['slices']} slices, "
           f"{figures['machine']['cores']} cores ({figures['machine']['cpu']})")
     print(f"{'run':<28}{'wall s':>9}{'slices/s':>10}{'rows/s':>11}"
-          f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
+          f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'warm-up s':>11}")
     for run in figures["backfills"]:
         print(f"{'celery, ' + str(run['workers']) + ' worker proc(s)':<28}{run['wall_s']:>9.2f}"
               f"{run['slices_per_s']:>10.0f}{run['source_rows_per_s']:>11.0f}"
-              f"{run['slice_ms_p50']:>9.1f}{run['slice_ms_p95']:>9.1f}{run['slice_ms_p99']:>9.1f}")
+              f"{run['slice_ms_p50']:>9.1f}{run['slice_ms_p95']:>9.1f}{run['slice_ms_p99']:>9.1f}"
+              f"{run['warmup_s']:>11.2f}")
     if cli := figures.get("cli"):
         print(f"{'workers.etl, one process':<28}{cli['wall_s']:>9.2f}{cli['slices_per_s']:>10.0f}")
     print()
@@ -301,9 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         api = stack.start_api(args.api_workers)
         expected = oracle_rows(stack)
         for count in counts:
-            stack.reset_target()
             stack.start_workers(count)
+            warmup = run_backfill(stack, api.url, days=1)
+            stack.reset_target()
             run = run_backfill(stack, api.url)
+            run["warmup_s"] = warmup["wall_s"]
             run["workers"] = count
             run["rows_expected"] = expected
             if run["job_status"] != "succeeded" or run["rows_written"] != expected:

@@ -7,14 +7,13 @@ from datetime import datetime, timedelta
 
 from kombu.exceptions import ChannelError
 
+from scheduler.reconcile import reconcile as reconcile_pass
 from windfarm import jobs
 from windfarm.config import get_settings
 from windfarm.db import target_engine
 from windfarm.timeutil import HOUR, hour_floor, utcnow
 from workers.celery_app import app
 from workers.dispatch import enqueue_slices
-
-from scheduler.reconcile import reconcile as reconcile_pass
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@ through the same API, on real processes.
 
 The test asserts correctness only (every answer 200 with every row, the
 backfill progressing meanwhile and ending equal to the oracle); it prints
-throughput and latency percentiles, which docs/guarantees.md quotes. Traffic
-goes to the loopback only and stops after ``LOAD_S`` seconds.
+throughput and latency percentiles, which the README's Operations section
+quotes. Traffic goes to the loopback only and stops after ``LOAD_S`` seconds.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def test_values_are_plausible_for_a_2mw_turbine(shared_dbs: Databases):
            FROM data""",
     )
     ws_min, ws_max, ws_avg, p_min, p_max, t_min, t_max, spin_below_cut_in, weak_at_rated, corr, gaps = row
-    assert 0 <= ws_min and ws_max < 30 and 4 < ws_avg < 12
+    assert ws_min >= 0 and ws_max < 30 and 4 < ws_avg < 12
     assert p_min == 0 and p_max == 2000  # stops below cut-in, capped at rated
     assert -25 < t_min < t_max < 25
     assert spin_below_cut_in == 0

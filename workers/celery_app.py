@@ -83,9 +83,11 @@ def _prepare_target(**_: object) -> None:
 
 @worker_process_init.connect
 def _fresh_process(**_: object) -> None:
-    """A forked pool child builds its own engines and HTTP client."""
+    """A forked pool child builds its own engines and HTTP client; the client
+    (TLS context and all) now, so that the child's first slice does not wait for it."""
     from windfarm.db import dispose_engines
-    from workers.source import close_clients
+    from workers.source import close_clients, http_client
 
     dispose_engines()
     close_clients()
+    http_client()

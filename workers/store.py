@@ -17,7 +17,6 @@ from sqlalchemy import Connection, Engine, text
 
 from windfarm import jobs
 from windfarm.db import autocommit
-
 from windfarm.timeutil import HOUR
 from workers.stats import StatRow
 
