@@ -60,7 +60,9 @@ def _day(value: str) -> date:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m api.seed_source", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m api.seed_source", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--start", type=_day, help="first day of an extra range to fill")
     parser.add_argument("--end", type=_day, help="last day (inclusive) of that range")
     args = parser.parse_args(argv)

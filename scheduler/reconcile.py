@@ -70,7 +70,8 @@ def find_lost_slices(
 
 def try_lock(conn: Connection) -> bool:
     """Only one reconciler at a time; the lock ends with the transaction."""
-    return bool(conn.scalar(text("SELECT pg_try_advisory_xact_lock(hashtext('windfarm-etl reconcile'))")))
+    return bool(conn.scalar(
+        text("SELECT pg_try_advisory_xact_lock(hashtext('windfarm-etl reconcile'))")))
 
 
 def reconcile(

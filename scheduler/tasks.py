@@ -92,5 +92,6 @@ def reconcile() -> dict[str, int]:
             send=enqueue_slices,
         )
     if outcome.resent or outcome.settled:
-        log.info("reconcile: %d slice(s) re-sent, %d job(s) settled", outcome.resent, outcome.settled)
+        log.info("reconcile: %d slice(s) re-sent, %d job(s) settled",
+                 outcome.resent, outcome.settled)
     return {"resent": outcome.resent, "settled": outcome.settled, "skipped": int(outcome.skipped)}

@@ -35,7 +35,8 @@ def test_one_day_is_every_row_of_the_day_in_order(client, dbs: Databases):
 
 
 def test_end_is_inclusive(client):
-    body = client.get("/data", params={"start": "2025-12-05T10:00", "end": "2025-12-05T10:03"}).json()
+    params = {"start": "2025-12-05T10:00", "end": "2025-12-05T10:03"}
+    body = client.get("/data", params=params).json()
     assert [r["timestamp"] for r in body] == [f"2025-12-05T10:0{i}:00" for i in range(4)]
 
 
@@ -100,8 +101,10 @@ def test_a_month_is_allowed(client):
         ({"start": "2025-13-01T00:00"}, "start '2025-13-01T00:00' is not an ISO 8601 date-time"),
         ({"start": "2025-12-05T00:00", "end": "noon"}, "end 'noon' is not an ISO 8601 date-time"),
         ({"start": "2025-12-05T10:00", "end": "2025-12-05T09:00"}, "is before start"),
-        ({"start": "2025-12-05T00:00", "variables": "rotor_speed"}, "variables.0 'rotor_speed' is not one of"),
-        ({"start": "2025-01-01T00:00", "end": "2025-03-01T00:00"}, "longer than 31 days (DATA_MAX_DAYS)"),
+        ({"start": "2025-12-05T00:00", "variables": "rotor_speed"},
+         "variables.0 'rotor_speed' is not one of"),
+        ({"start": "2025-01-01T00:00", "end": "2025-03-01T00:00"},
+         "longer than 31 days (DATA_MAX_DAYS)"),
     ],
 )
 def test_bad_input_is_a_422_a_person_understands(client, params, message):
@@ -144,6 +147,7 @@ def test_openapi_documents_the_endpoints(client):
 
 
 def test_timestamps_match_the_source_exactly(client, dbs: Databases):
-    body = client.get("/data", params={"start": "2025-12-10T23:00", "end": "2025-12-11T01:00"}).json()
+    params = {"start": "2025-12-10T23:00", "end": "2025-12-11T01:00"}
+    body = client.get("/data", params=params).json()
     assert len(body) == 60
     assert datetime.fromisoformat(body[-1]["timestamp"]) == datetime(2025, 12, 10, 23, 59)

@@ -85,7 +85,8 @@ def test_unknown_job_is_404(client):
         ({"start_date": "2025-12-05", "end_date": "2025-12-01"}, "is before start_date"),
         ({"date": "2025-12-05", "start_date": "2025-12-05", "end_date": "2025-12-06"}, "not both"),
         ({"date": "2025-12-05", "priority": 1}, "priority is not a known field"),
-        ({"start_date": "2024-01-01", "end_date": "2025-12-31"}, "more than 366 days (JOBS_MAX_DAYS)"),
+        ({"start_date": "2024-01-01", "end_date": "2025-12-31"},
+         "more than 366 days (JOBS_MAX_DAYS)"),
         ([1, 2], "Input should be a valid dictionary"),
     ],
 )
@@ -96,7 +97,8 @@ def test_bad_bodies_are_422_with_a_reason(client, body, message):
 
 
 def test_malformed_json_is_422(client):
-    response = client.post("/jobs", content=b"{not json", headers={"content-type": "application/json"})
+    response = client.post("/jobs", content=b"{not json",
+                           headers={"content-type": "application/json"})
     assert response.status_code == 422
 
 

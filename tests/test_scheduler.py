@@ -122,8 +122,9 @@ def test_reconcile_sends_settles_and_takes_turns(target):
     outcome = reconcile(target, timeout_s=300, queue_empty=False, send=send)
     assert (outcome.resent, outcome.settled, outcome.skipped) == (2, 1, False)
     assert sent == [(job_id, [datetime(2025, 12, 5, 0), datetime(2025, 12, 5, 1)])]
-    status = target.execute(text("SELECT status, finished_at IS NOT NULL FROM etl_job WHERE id = :j"),
-                            {"j": done}).one()
+    status = target.execute(
+        text("SELECT status, finished_at IS NOT NULL FROM etl_job WHERE id = :j"), {"j": done}
+    ).one()
     assert tuple(status) == ("succeeded", True)
 
 
@@ -143,7 +144,8 @@ def test_job_status_follows_its_slices(target):
     view = jobs.get_job(target, job_id)
     assert (view.status, view.rows_written) == ("failed", 16)
     assert view.finished_at is not None
-    assert [(e.slice_start, e.message) for e in view.errors] == [(starts[1], "HTTP 404 from the API")]
+    errors = [(e.slice_start, e.message) for e in view.errors]
+    assert errors == [(starts[1], "HTTP 404 from the API")]
     # A duplicate message for an ended slice is not claimed again.
     assert jobs.claim_slice(target, job_id, starts[0]) is None
 

@@ -34,7 +34,8 @@ def scratch_url():
 def test_default_content_is_ten_days_of_minutes(shared_dbs: Databases):
     count, first, last, distinct = _scalar(
         shared_dbs.source_url,
-        'SELECT count(*), min("timestamp"), max("timestamp"), count(DISTINCT "timestamp") FROM data',
+        'SELECT count(*), min("timestamp"), max("timestamp"), count(DISTINCT "timestamp") '
+        "FROM data",
     )
     assert count == distinct == 14_400
     assert first == datetime(2025, 12, 1, 0, 0)
@@ -54,7 +55,8 @@ def test_values_are_plausible_for_a_2mw_turbine(shared_dbs: Databases):
                                    OR ambient_temprature IS NULL)
            FROM data""",
     )
-    ws_min, ws_max, ws_avg, p_min, p_max, t_min, t_max, spin_below_cut_in, weak_at_rated, corr, gaps = row
+    (ws_min, ws_max, ws_avg, p_min, p_max, t_min, t_max,
+     spin_below_cut_in, weak_at_rated, corr, gaps) = row
     assert ws_min >= 0 and ws_max < 30 and 4 < ws_avg < 12
     assert p_min == 0 and p_max == 2000  # stops below cut-in, capped at rated
     assert -25 < t_min < t_max < 25
@@ -67,8 +69,10 @@ def test_values_are_plausible_for_a_2mw_turbine(shared_dbs: Databases):
 def test_temperature_and_wind_follow_a_daily_cycle(shared_dbs: Databases):
     night, afternoon = _scalar(
         shared_dbs.source_url,
-        """SELECT avg(ambient_temprature) FILTER (WHERE extract(hour FROM "timestamp") BETWEEN 2 AND 4),
-                  avg(ambient_temprature) FILTER (WHERE extract(hour FROM "timestamp") BETWEEN 13 AND 15)
+        """SELECT avg(ambient_temprature)
+                      FILTER (WHERE extract(hour FROM "timestamp") BETWEEN 2 AND 4),
+                  avg(ambient_temprature)
+                      FILTER (WHERE extract(hour FROM "timestamp") BETWEEN 13 AND 15)
            FROM data""",
     )
     assert afternoon - night > 3
@@ -86,7 +90,8 @@ def test_reseeding_changes_nothing_and_keeps_edits(scratch_url: str):
     assert seed(scratch_url) == 14_400
     engine = create_engine(scratch_url)
     with engine.begin() as conn:
-        conn.execute(text("UPDATE data SET power = 1234.5 WHERE \"timestamp\" = '2025-12-03 10:00'"))
+        conn.execute(
+            text("UPDATE data SET power = 1234.5 WHERE \"timestamp\" = '2025-12-03 10:00'"))
     engine.dispose()
     assert seed(scratch_url) == 0
     count, edited = _scalar(
@@ -115,10 +120,11 @@ def test_cli_creates_the_database_and_is_idempotent(scratch_url: str):
 
 
 def test_cli_rejects_a_bad_range(scratch_url: str):
-    result = _run_cli({"SOURCE_DATABASE_URL": scratch_url}, "--start", "2025-12-05", "--end", "2025-12-01")
+    env = {"SOURCE_DATABASE_URL": scratch_url}
+    result = _run_cli(env, "--start", "2025-12-05", "--end", "2025-12-01")
     assert result.returncode == 2
     assert "before --start" in result.stderr
-    result = _run_cli({"SOURCE_DATABASE_URL": scratch_url}, "--start", "2025-13-05", "--end", "2025-12-01")
+    result = _run_cli(env, "--start", "2025-13-05", "--end", "2025-12-01")
     assert result.returncode == 2 and "is not a date" in result.stderr
 
 

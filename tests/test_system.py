@@ -76,7 +76,8 @@ def test_one_day_job_over_http(fresh_dbs: Databases, stack):
     view = wait_for_job(job["id"], timeout=60, procs=(api, worker))
     shown = _job(api.url, job["id"])
     assert shown["status"] == "succeeded" == view.status
-    assert (shown["slices_succeeded"], shown["slices_failed"], shown["slices_pending"]) == (24, 0, 0)
+    counts = (shown["slices_succeeded"], shown["slices_failed"], shown["slices_pending"])
+    assert counts == (24, 0, 0)
     assert shown["finished_at"] is not None and shown["errors"] == []
     rows = assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url,
                                         datetime(2025, 12, 5), datetime(2025, 12, 6))

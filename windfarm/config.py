@@ -17,7 +17,8 @@ VARIABLES = ("wind_speed", "power", "ambient_temprature")
 
 def _validate_cron(value: str) -> str:
     if len(value.split()) != 5:
-        raise ValueError(f"{value!r} is not a 5-field crontab expression (minute hour dom month dow)")
+        raise ValueError(
+            f"{value!r} is not a 5-field crontab expression (minute hour dom month dow)")
     return value
 
 

@@ -112,7 +112,9 @@ def ensure_postgres(sup: Supervisor, url: str) -> None:
         return
     initdb, postgres = _postgres_bin("initdb"), _postgres_bin("postgres")
     if host not in LOCAL_HOSTS or not (initdb and postgres):
-        raise SystemExit(f"run: PostgreSQL does not answer on {host}:{port} and cannot be started here")
+        raise SystemExit(
+            f"run: PostgreSQL does not answer on {host}:{port} and cannot be started here"
+        )
     data = (RUN_DIR / f"pg-{port}").resolve()
     if not (data / "PG_VERSION").exists():
         data.mkdir(parents=True, exist_ok=True)
@@ -161,7 +163,9 @@ def services(workers: int, port: int) -> list[tuple[str, list[str]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m windfarm.devrun", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m windfarm.devrun", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "2")),
                         help="worker processes (default: $WORKERS or 2)")
     parser.add_argument("--port", type=int, default=8000, help="API port (default 8000)")

@@ -49,7 +49,9 @@ def _read(query, params: dict):
                 raise
 
 
-def resolve_range(start: datetime, end: datetime | None, max_days: int) -> tuple[datetime, datetime]:
+def resolve_range(
+    start: datetime, end: datetime | None, max_days: int
+) -> tuple[datetime, datetime]:
     """The UTC ``[start, end]`` a request asks for, or a 422 saying why not."""
     start = to_utc(start)
     end = end_of_day(start) if end is None else to_utc(end)
