@@ -57,6 +57,33 @@ def _drop(dbs: Databases) -> None:
     drop_database(dbs.target_url)
 
 
+def module_databases(tag: str) -> Iterator[Databases]:
+    """Body of a module-scoped fixture: databases of a test module's own (for
+    modules whose tests write to the target); the previous ones are current
+    again afterwards."""
+    saved = Databases(os.environ["SOURCE_DATABASE_URL"], os.environ["TARGET_DATABASE_URL"])
+    dbs = _create(f"{tag}{uuid.uuid4().hex[:6]}")
+    yield dbs
+    _drop(dbs)
+    _use(saved)
+
+
+def in_process_client(dbs: Databases, reset_sql: str) -> Iterator[object]:
+    """Body of a fixture: a FastAPI ``TestClient`` on ``dbs`` after ``reset_sql``
+    has emptied what the test needs empty in the target."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import text
+
+    from api.main import create_app
+    from windfarm.db import target_engine
+
+    _use(dbs)
+    with target_engine().begin() as conn:
+        conn.execute(text(reset_sql))
+    with TestClient(create_app()) as client:
+        yield client
+
+
 @pytest.fixture(scope="session")
 def shared_dbs() -> Iterator[Databases]:
     """A seeded source and an empty target shared by tests that only read the source."""

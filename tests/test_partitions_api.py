@@ -6,15 +6,13 @@ use (``windfarm.jobs``), so the states are the ones a real run leaves.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event
 
-from tests.conftest import Databases, _create, _drop, _use
+from tests.conftest import Databases, in_process_client, module_databases
 from windfarm import jobs
 from windfarm.db import target_engine
 
@@ -28,25 +26,13 @@ def at(hour: int, day: date = DAY) -> datetime:
 @pytest.fixture(scope="module")
 def module_dbs() -> Iterator[Databases]:
     """Databases of this module's own: its tests write jobs to the target."""
-    saved = Databases(os.environ["SOURCE_DATABASE_URL"], os.environ["TARGET_DATABASE_URL"])
-    dbs = _create(f"parts{uuid.uuid4().hex[:6]}")
-    yield dbs
-    _drop(dbs)
-    _use(saved)
+    yield from module_databases("parts")
 
 
 @pytest.fixture
 def api(module_dbs: Databases):
     """An in-process client on an empty job table."""
-    from fastapi.testclient import TestClient
-
-    from api.main import create_app
-
-    _use(module_dbs)
-    with target_engine().begin() as conn:
-        conn.execute(text("TRUNCATE etl_job CASCADE"))
-    with TestClient(create_app()) as client:
-        yield client
+    yield from in_process_client(module_dbs, "TRUNCATE etl_job CASCADE")
 
 
 def job(*, start: date = DAY, end: date | None = None, hours: list[datetime] | None = None) -> int:

@@ -6,15 +6,13 @@ Target rows are written directly: the oracle's statistics of the seeded source
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import Databases, _create, _drop, _use
+from tests.conftest import Databases, in_process_client, module_databases
 from tests.oracle import expected_rows
 from windfarm.db import target_engine
 
@@ -22,25 +20,13 @@ from windfarm.db import target_engine
 @pytest.fixture(scope="module")
 def module_dbs() -> Iterator[Databases]:
     """Databases of this module's own: its tests write to the target."""
-    saved = Databases(os.environ["SOURCE_DATABASE_URL"], os.environ["TARGET_DATABASE_URL"])
-    dbs = _create(f"series{uuid.uuid4().hex[:6]}")
-    yield dbs
-    _drop(dbs)
-    _use(saved)
+    yield from module_databases("series")
 
 
 @pytest.fixture
 def api(module_dbs: Databases):
     """An in-process client on an empty target."""
-    from fastapi.testclient import TestClient
-
-    from api.main import create_app
-
-    _use(module_dbs)
-    with target_engine().begin() as conn:
-        conn.execute(text("TRUNCATE data, signal RESTART IDENTITY CASCADE"))
-    with TestClient(create_app()) as client:
-        yield client
+    yield from in_process_client(module_dbs, "TRUNCATE data, signal RESTART IDENTITY CASCADE")
 
 
 def write(rows: dict[tuple[datetime, str], float]) -> None:
