@@ -12,7 +12,8 @@
    requests/s with concurrent clients.
 5. Runs the same days through ``python -m workers.etl`` in one process.
 6. Checks the target against PostgreSQL's own aggregation, prints a table and
-   writes the figures as JSON; drops its databases and queue.
+   writes the figures as JSON, with an SVG chart of throughput against worker
+   processes; drops its databases and queue.
 
     python -m bench.run --days 365 --workers 2 --sweep 1,2,4
 """
@@ -288,6 +289,45 @@ def print_table(figures: dict) -> None:
     print()
 
 
+def throughput_svg(figures: dict) -> str:
+    """A bar chart of slices/s against worker processes, with the one-process
+    run as a dashed line: plain SVG, no plotting library."""
+    runs = figures["backfills"]
+    cli = figures.get("cli", {}).get("slices_per_s")
+    top = max([r["slices_per_s"] for r in runs] + [cli or 0]) * 1.15
+    width, height, left, bottom, bar = max(480, 120 + 90 * len(runs)), 300, 40, 40, 50
+    plot_h = height - bottom - 60
+
+    def y(value: float) -> float:
+        return height - bottom - value / top * plot_h
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
+        f'<text x="{left}" y="18" font-weight="bold">slices/s by worker processes: '
+        f'{figures["days"]} days, {figures["machine"]["cores"]} cores</text>',
+        f'<line x1="{left}" y1="{y(0)}" x2="{width - 20}" y2="{y(0)}" stroke="#333"/>',
+    ]
+    for i, run in enumerate(runs):
+        x = left + 30 + i * 90
+        rate = run["slices_per_s"]
+        parts += [
+            f'<rect x="{x}" y="{y(rate):.1f}" width="{bar}" height="{y(0) - y(rate):.1f}" '
+            'fill="#3a7bd5"/>',
+            f'<text x="{x + bar / 2}" y="{y(rate) - 4:.1f}" text-anchor="middle">{rate:.0f}</text>',
+            f'<text x="{x + bar / 2}" y="{y(0) + 16}" text-anchor="middle">{run["workers"]}</text>',
+        ]
+    if cli:
+        parts += [
+            f'<line x1="{left}" y1="{y(cli):.1f}" x2="{width - 20}" y2="{y(cli):.1f}" '
+            'stroke="#d55e00" stroke-dasharray="5,4"/>',
+            f'<text x="{left}" y="38" fill="#d55e00">- - - workers.etl in one process: '
+            f'{cli:.0f} slices/s</text>',
+        ]
+    parts += [f'<text x="{left + 30}" y="{height - 6}">worker processes</text>', "</svg>"]
+    return "\n".join(parts) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--days", type=int, default=int(os.environ.get("DAYS", "10")))
@@ -329,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{args.days}d-{datetime.now():%Y%m%dT%H%M%S}.json"
     path.write_text(json.dumps(figures, indent=2))
-    print(f"figures written to {path}")
+    path.with_suffix(".svg").write_text(throughput_svg(figures))
+    print(f"figures written to {path} (and a chart of throughput: {path.with_suffix('.svg').name})")
     return 0
 
 
