@@ -178,14 +178,18 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
 
 
 def oracle_rows(stack: Stack) -> int:
-    """How many target rows PostgreSQL's own aggregation says there must be: per
-    window and variable, mean/min/max when it has a value, std when it has two."""
+    """How many target rows PostgreSQL's own aggregation says the benchmark's days
+    must give (the source may hold more: the generator's default days are always
+    there): per window and variable, mean/min/max when it has a value, std when
+    it has two."""
     per_variable = " + ".join(
         f"(count({v}) > 0)::int * 3 + (count({v}) > 1)::int" for v in ("wind_speed", "power"))
     return _scalar(
         stack.source_url,
         f"SELECT coalesce(sum(n), 0) FROM (SELECT {per_variable} AS n FROM data "
+        "WHERE \"timestamp\" >= :first AND \"timestamp\" < :end "
         "GROUP BY date_bin('10 minutes', \"timestamp\", '2000-01-01')) w",
+        first=FIRST_DAY, end=stack.last_day + timedelta(days=1),
     )[0]
 
 
