@@ -15,7 +15,7 @@
    writes the figures as JSON, with an SVG chart of throughput against worker
    processes; drops its databases and queue.
 
-    python -m bench.run --days 365 --workers 2 --sweep 1,2,4
+    python -m bench.run --days 365 --workers 1,2,4     # make bench DAYS=365 WORKERS=1,2,4
 """
 
 from __future__ import annotations
@@ -161,8 +161,9 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
             "WHERE job_id = :j"), {"j": job_id})]
     engine.dispose()
     source_rows = _scalar(
-        stack.source_url, "SELECT count(*) FROM data WHERE \"timestamp\" < :end",
-        end=last + timedelta(days=1))[0]
+        stack.source_url,
+        "SELECT count(*) FROM data WHERE \"timestamp\" >= :first AND \"timestamp\" < :end",
+        first=FIRST_DAY, end=last + timedelta(days=1))[0]
     slices = final["slices_total"]
     return {
         "job_status": final["status"],
