@@ -30,8 +30,6 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         prepare_target(target_engine())
     except Exception as exc:  # noqa: BLE001 - /health reports it; the API still serves data
         log.warning("target schema not created at start-up: %s", exc.__class__.__name__)
-    # Load Celery now rather than in the first POST /jobs, which would wait for it.
-    import workers.dispatch  # noqa: F401, PLC0415
     yield
 
 

@@ -1,4 +1,5 @@
-"""Date and date-time query parameters: ISO 8601 only, within what UTC can hold.
+"""Query parameters: ISO 8601 dates and date-times within what UTC can hold,
+and the time range a request asks for.
 
 Pydantic also reads a bare number as a Unix timestamp, so ``start=20251205``
 would quietly mean 1970-08-23; and an offset can push a valid date-time past
@@ -9,13 +10,14 @@ endpoint sees them.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated
 
+from fastapi import HTTPException
 from pydantic import AfterValidator, BeforeValidator
 
 from api.errors import DATE_HINT, DATETIME_HINT
-from windfarm.timeutil import to_utc
+from windfarm.timeutil import end_of_day, to_utc
 
 _NUMBER = re.compile(r"\s*[+-]?\d+(\.\d*)?\s*")
 
@@ -41,3 +43,20 @@ IsoDateTime = Annotated[
     datetime, BeforeValidator(_not_a_number(DATETIME_HINT)), AfterValidator(_representable_in_utc)
 ]
 IsoDate = Annotated[date, BeforeValidator(_not_a_number(DATE_HINT))]
+
+
+def resolve_range(
+    start: datetime, end: datetime | None, max_days: int
+) -> tuple[datetime, datetime]:
+    """The UTC ``[start, end]`` a request asks for, or a 422 saying why not."""
+    start = to_utc(start)
+    end = end_of_day(start) if end is None else to_utc(end)
+    if end < start:
+        raise HTTPException(422, f"end {end.isoformat()} is before start {start.isoformat()}")
+    if end - start > timedelta(days=max_days):
+        raise HTTPException(
+            422,
+            f"the range {start.isoformat()} .. {end.isoformat()} is longer than "
+            f"{max_days} days (DATA_MAX_DAYS); ask for it in smaller pieces",
+        )
+    return start, end

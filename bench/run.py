@@ -36,6 +36,8 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from windfarm.models import OPEN_STATES, sql_list
+
 FIRST_DAY = date(2025, 12, 1)
 PG_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -121,6 +123,23 @@ class Stack:
         with create_engine(self.target_url, poolclass=NullPool).begin() as conn:
             conn.execute(text("TRUNCATE data, etl_slice, etl_job"))
 
+    def bookkeeping(self, api_url: str) -> dict:
+        """Bookkeeping reads over about a million slice rows (bench/bookkeeping.py)."""
+        from bench import bookkeeping
+
+        self.reset_target()
+        engine = create_engine(self.target_url, poolclass=NullPool)
+        try:
+            began = time.perf_counter()
+            rows = bookkeeping.fill(engine)
+            figures = {"slice_rows": rows, "fill_s": time.perf_counter() - began,
+                       "reads": bookkeeping.measure(api_url, engine),
+                       "reconcile_pass_ms": bookkeeping.reconcile_pass(engine)}
+        finally:
+            engine.dispose()
+        self.reset_target()
+        return figures
+
     def close(self) -> None:
         from tests.procs import purge_queue
         from windfarm.db import dispose_engines, drop_database
@@ -147,8 +166,8 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
         with engine.connect() as conn:
             while True:
                 open_slices = conn.execute(
-                    text("SELECT count(*) FROM etl_slice WHERE job_id = :j "
-                         "AND state IN ('queued', 'running')"), {"j": job_id}).scalar()
+                    text(f"SELECT count(*) FROM etl_slice WHERE job_id = :j "
+                         f"AND state IN {sql_list(OPEN_STATES)}"), {"j": job_id}).scalar()
                 conn.commit()
                 if open_slices == 0:
                     break
@@ -291,6 +310,13 @@ def print_table(figures: dict) -> None:
         print(f"{label:<12}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
               f"{row['requests_per_s']:>9.0f}  ({row['concurrent_clients']}, "
               f"{row['errors']} errors)")
+    if book := figures.get("bookkeeping"):
+        print()
+        print(f"{'bookkeeping, ' + format(book['slice_rows'], ',') + ' slice rows':<40}"
+              f"{'p50 ms':>9}{'p99 ms':>9}")
+        for label, row in book["reads"].items():
+            print(f"{label:<40}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}")
+        print(f"{'a reconciler pass (nothing to send)':<40}{book['reconcile_pass_ms']:>9.2f}")
     print()
 
 
@@ -341,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-workers", type=int, default=int(os.environ.get("API_WORKERS", "1")))
     parser.add_argument("--clients", type=int, default=4, help="concurrent GET /data clients")
     parser.add_argument("--no-cli", action="store_true", help="skip the one-process comparison")
+    parser.add_argument("--no-bookkeeping", action="store_true",
+                        help="skip the reads over a million slice rows")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
     counts = [int(n) for n in str(args.workers).split(",")]
@@ -366,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             stack.stop_workers()
         figures["data_api"] = bench_data(api.url, requests=300, clients=args.clients, seconds=3)
+        if not args.no_bookkeeping:
+            figures["bookkeeping"] = stack.bookkeeping(api.url)
         if not args.no_cli:
             figures["cli"] = run_cli(stack)
     finally:

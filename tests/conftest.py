@@ -99,6 +99,28 @@ def dbs(shared_dbs: Databases) -> Iterator[Databases]:
     yield shared_dbs
 
 
+@pytest.fixture(scope="session")
+def _scratch_target() -> Iterator[str]:
+    url = f"{PG_URL}/wf_{RUN_ID}_scratch_target"
+    prepare_target(engine_for(url))
+    yield url
+    dispose_engines()
+    drop_database(url)
+
+
+@pytest.fixture
+def empty_target(shared_dbs: Databases, _scratch_target: str) -> Iterator[Databases]:
+    """A target of the run's own, emptied for this test, beside the shared
+    (read-only) source: for tests of the bookkeeping, which need no source."""
+    dbs = Databases(shared_dbs.source_url, _scratch_target)
+    _use(dbs)
+    from sqlalchemy import text
+
+    with engine_for(_scratch_target).begin() as conn:
+        conn.execute(text("TRUNCATE etl_slice, etl_job, data, signal RESTART IDENTITY CASCADE"))
+    yield dbs
+
+
 @pytest.fixture
 def fresh_dbs() -> Iterator[Databases]:
     """A seeded source and an empty target of this test's own, current while it runs."""
@@ -205,6 +227,19 @@ def worker_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
 def worker(worker_factory, api_server):
     """A real worker (concurrency 2) fetching from the real ``api_server``."""
     return worker_factory(api_server.url)
+
+
+@pytest.fixture
+def system(fresh_dbs: Databases):
+    """A :class:`tests.stack.System` on this test's own databases; its processes are
+    stopped (logs printed), proxies closed and the run's queues emptied at teardown."""
+    from tests.procs import purge_queue
+    from tests.stack import System
+
+    built = System(fresh_dbs)
+    yield built
+    built.stop()
+    purge_queue(os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"])
 
 
 @pytest.fixture(scope="session", autouse=True)

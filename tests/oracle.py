@@ -36,12 +36,22 @@ def _query(url: str, sql: str, params: dict) -> list:
         engine.dispose()
 
 
+def _finite(column: str) -> str:
+    # PostgreSQL's NaN equals itself, so NOT IN leaves out all three.
+    return f"CASE WHEN {column} NOT IN ('NaN', 'Infinity', '-Infinity') THEN {column} END"
+
+
 def expected_rows(
     source_url: str, start: datetime, end: datetime, variables: Sequence[str] = DEFAULT_VARIABLES
 ) -> Rows:
-    """The statistics rows of ``[start, end)`` computed by PostgreSQL from the source."""
+    """The statistics rows of ``[start, end)`` computed by PostgreSQL from the source.
+
+    Non-finite readings count as missing, as NULL does (the spec's rule): they
+    are left out before aggregating.
+    """
     columns = ", ".join(
-        f"{fn}({var}) AS \"{var}_{stat}_10m\"" for var in variables for stat, fn in _STATS.items()
+        f"{fn}({_finite(var)}) AS \"{var}_{stat}_10m\""
+        for var in variables for stat, fn in _STATS.items()
     )
     rows = _query(
         source_url,

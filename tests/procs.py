@@ -39,6 +39,7 @@ class Proc:
     popen: subprocess.Popen
     log_path: Path
     url: str | None = None
+    hostname: str | None = None  # a Celery worker's node name
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -172,8 +173,9 @@ def run_worker(
     extra_args: tuple[str, ...] = (),
     log_dir: Path | None = None,
 ) -> Proc:
-    """``celery -A workers worker`` on ``queue`` (default ``ETL_QUEUE``), once it is ready."""
-    queue = queue or env["ETL_QUEUE"]
+    """``celery -A workers worker`` on ``queue`` (default: both lanes of ``ETL_QUEUE``),
+    once it is ready."""
+    queue = queue or lanes(env["ETL_QUEUE"])
     hostname = f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h"
     proc = start(name, ["-m", "celery", "-A", "workers", "worker", "-Q", queue,
                         "--pool", "prefork", "-c", str(concurrency), "-n", hostname, "-E",
@@ -182,28 +184,37 @@ def run_worker(
     if not proc.wait_for_log(" ready.", timeout):
         proc.stop()
         raise RuntimeError(f"the worker was not ready in {timeout:g} s\n{proc.describe()}")
+    proc.hostname = hostname.replace("%h", socket.gethostname())
     return proc
 
 
+def lanes(queue: str) -> str:
+    """The two queues of ``ETL_QUEUE``, as ``-Q`` takes them: the bulk and priority lanes."""
+    return f"{queue},{queue}.priority"
+
+
 def purge_queue(broker_url: str, queue: str) -> int:
-    """Delete every Redis key of ``queue`` and its unacknowledged messages; keys removed."""
+    """Delete every Redis key of both lanes of ``queue`` and their unacknowledged
+    messages; keys removed."""
     client = redis.Redis.from_url(broker_url)
     try:
-        keys = [queue, *(f"{queue}\x06\x16{p}" for p in range(10)),
-                f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"]
-        removed = client.delete(*keys)
-        for tag, raw in client.hgetall("unacked").items():
-            _, _, routing_key = json.loads(raw)
-            if routing_key == queue:
-                removed += client.hdel("unacked", tag)
-                client.zrem("unacked_index", tag)
+        removed = 0
+        for name in lanes(queue).split(","):
+            keys = [name, *(f"{name}\x06\x16{p}" for p in range(10)),
+                    f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}"]
+            removed += client.delete(*keys)
+            for tag, raw in client.hgetall("unacked").items():
+                _, _, routing_key = json.loads(raw)
+                if routing_key == name:
+                    removed += client.hdel("unacked", tag)
+                    client.zrem("unacked_index", tag)
         return removed
     finally:
         client.close()
 
 
 def queue_length(broker_url: str, queue: str) -> int:
-    """Messages waiting in ``queue`` (all priorities)."""
+    """Messages waiting in ``queue`` (one lane, all priorities)."""
     client = redis.Redis.from_url(broker_url)
     try:
         return sum(client.llen(k) for k in [queue, *(f"{queue}\x06\x16{p}" for p in range(10))])
@@ -221,7 +232,7 @@ def wait_for_job(job_id: int, *, timeout: float = 60.0, procs: tuple[Proc, ...] 
     while True:
         with target_engine().connect() as conn:
             view = jobs.get_job(conn, job_id)
-        if view is not None and view.status in jobs.TERMINAL:
+        if view is not None and view.ended:
             return view
         if time.monotonic() > deadline:
             logs = "\n".join(p.describe() for p in procs)

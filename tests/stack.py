@@ -1,7 +1,10 @@
-"""More real processes for system tests: beat, Flower and a private Redis.
+"""A system of real processes for system tests: beat, Flower, a private Redis,
+and :class:`System`, which starts and tracks a test's API, workers and beat.
 
 Complements ``tests/procs.py`` (API and workers). A private Redis lets a test
-stop and restart the broker without touching the shared one.
+stop and restart the broker without touching the shared one. The ``system``
+fixture (``tests/conftest.py``) gives a test a :class:`System` on its own
+databases and stops everything afterwards.
 """
 
 from __future__ import annotations
@@ -10,12 +13,26 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import redis
+from sqlalchemy import text
 
-from tests.procs import START_TIMEOUT_S, Proc, free_port, start
+from tests.conftest import Databases
+from tests.oracle import assert_target_matches_oracle
+from tests.procs import START_TIMEOUT_S, Proc, free_port, process_env, run_api, run_worker, start
+from windfarm.db import target_engine
+
+# The reconciler every second, a slice lost after 5 s without a sign of work,
+# retries at most 2 s apart: the production logic on a clock tests can wait for.
+# No catch-up: beat would fill a week of empty hours at start, beside each
+# test's own jobs (tests/test_pressure.py tests the catch-up itself).
+FAST = {"ETL_RECONCILE_EVERY_S": "1", "ETL_SLICE_TIMEOUT_S": "5", "ETL_RETRY_BACKOFF_MAX_S": "2",
+        "ETL_CATCHUP_DAYS": "0"}
 
 
 def run_beat(env: dict[str, str], *, name: str = "beat") -> Proc:
@@ -90,3 +107,98 @@ class PrivateRedis:
         self.stop()
         time.sleep(down_for)
         self.start()
+
+
+def day_start(day: date) -> datetime:
+    return datetime.combine(day, datetime.min.time())
+
+
+@dataclass
+class System:
+    """The processes of one test, on its own databases; ``api`` is the one jobs are posted to."""
+
+    dbs: Databases
+    procs: list[Proc] = field(default_factory=list)
+    cleanups: list[Callable[[], object]] = field(default_factory=list)
+    api: Proc | None = None
+
+    def start_api(self, **env: str) -> Proc:
+        self.api = self.add(run_api(process_env(**env), name=f"api{len(self.procs) + 1}"))
+        return self.api
+
+    def start_worker(self, api_url: str, *, name: str = "worker", concurrency: int = 2,
+                     **env: str) -> Proc:
+        return self.add(run_worker(process_env(**{"API_BASE_URL": api_url, **FAST, **env}),
+                                   name=name, concurrency=concurrency))
+
+    def start_beat(self, **env: str) -> Proc:
+        return self.add(run_beat(process_env(**{**FAST, **env})))
+
+    def add(self, proc: Proc) -> Proc:
+        self.procs.append(proc)
+        return proc
+
+    def post(self, body: dict, *, api: Proc | None = None) -> dict:
+        response = httpx.post(f"{(api or self.api).url}/jobs", json=body, timeout=30)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def job(self, job_id: int) -> dict:
+        response = httpx.get(f"{self.api.url}/jobs/{job_id}", timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait(self, job_id: int, *, timeout: float = 90) -> dict:
+        """The job as GET /jobs/{id} shows it once it has ended."""
+        return self.until(job_id, lambda j: j["status"] in ("succeeded", "failed"), timeout)
+
+    def wait_progress(self, job_id: int, succeeded: int, *, timeout: float = 60) -> dict:
+        return self.until(job_id, lambda j: j["slices_succeeded"] >= succeeded, timeout)
+
+    def until(self, job_id: int, done, timeout: float) -> dict:
+        """The job once ``done(job)`` holds; fails with the processes' logs on timeout."""
+        deadline = time.monotonic() + timeout
+        while not done(job := self.job(job_id)):
+            if time.monotonic() > deadline:
+                logs = "\n".join(p.describe() for p in self.procs)
+                raise AssertionError(f"job {job_id} not there in {timeout:g} s: {job}\n{logs}")
+            time.sleep(0.2)
+        return job
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+            print(proc.describe())
+        for cleanup in reversed(self.cleanups):
+            cleanup()
+
+
+def slice_rows(job_id: int) -> dict[datetime, tuple[str, int]]:
+    """slice start -> (state, attempts), from the database itself."""
+    with target_engine().connect() as conn:
+        rows = conn.execute(text("SELECT slice_start, state, attempts FROM etl_slice "
+                                 "WHERE job_id = :j"), {"j": job_id}).all()
+    return {start: (state, attempts) for start, state, attempts in rows}
+
+
+def target_rows(start: datetime, end: datetime) -> int:
+    with target_engine().connect() as conn:
+        return conn.scalar(text('SELECT count(*) FROM data WHERE "timestamp" >= :s '
+                                'AND "timestamp" < :e'), {"s": start, "e": end})
+
+
+def assert_succeeded_and_right(system: System, job_id: int, first: date, last: date) -> dict:
+    """GET /jobs/{id} says succeeded with every count right, the database agrees,
+    and the target holds exactly the oracle's rows for the job's days."""
+    shown = system.job(job_id)
+    total = 24 * ((last - first).days + 1)
+    assert shown["status"] == "succeeded", shown
+    assert (shown["slices_total"], shown["slices_succeeded"], shown["slices_failed"],
+            shown["slices_running"], shown["slices_pending"]) == (total, total, 0, 0, 0), shown
+    assert shown["errors"] == [] and shown["finished_at"] is not None, shown
+    assert {state for state, _ in slice_rows(job_id).values()} == {"succeeded"}
+    start, end = day_start(first), day_start(last) + timedelta(days=1)
+    rows = assert_target_matches_oracle(system.dbs.source_url, system.dbs.target_url, start, end)
+    assert shown["rows_written"] == rows
+    assert target_rows(start, end) == rows  # nothing twice, nothing extra
+    return shown

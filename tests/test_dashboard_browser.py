@@ -67,9 +67,7 @@ def _wait_for_job(url: str, job_id: int) -> dict:
 def _store_failed_hour() -> None:
     # A failure a worker would record, written the way the worker writes it.
     with target_engine().begin() as conn:
-        job_id = jobs.create_job(
-            conn, origin="api", start_date=FAILED_HOUR.date(), hours=[FAILED_HOUR]
-        )
+        job_id = jobs.store_job(conn, origin="api", hours=[FAILED_HOUR])
         assert job_id is not None
         jobs.claim_slice(conn, job_id, FAILED_HOUR)
         jobs.fail_slice(conn, job_id, FAILED_HOUR, FAILED_MESSAGE)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import text
@@ -57,22 +56,27 @@ def test_bad_arguments_exit_non_zero_with_a_message(dbs):
         done = etl(*args)
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
     too_long = etl("--start", "2025-12-01", "--end", "2025-12-03", JOBS_MAX_DAYS="2")
-    assert too_long.returncode == 2 and "more than JOBS_MAX_DAYS (2)" in too_long.stderr
+    assert too_long.returncode == 2 and "more than 2 days (JOBS_MAX_DAYS)" in too_long.stderr
+    far = etl("--date", "9999-12-31")
+    assert far.returncode == 2 and "the hours of 9999-12-31 cannot be represented" in far.stderr
 
 
-def test_an_unreachable_api_stops_the_run_quickly_with_a_message(dbs):
-    began = time.monotonic()
+def test_an_unreachable_api_stops_the_run_and_hands_the_job_to_the_workers(dbs):
     done = etl("--date", "2025-12-05", API_BASE_URL=f"http://127.0.0.1:{free_port()}")
-    took = time.monotonic() - began
     assert done.returncode == 1
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("etl: stopped at slice 2025-12-05T00:00:00")
-    assert "API unreachable" in line
-    assert took < 15
-    # The job ends (failed) instead of lingering unsent for the reconciler.
-    states = job_slices(job_id_of(line))
-    assert {s[0] for s in states} == {"failed"} and len(states) == 24
-    assert "API unreachable" in states[0][2] and "not run" in states[1][2]
+    assert "API unreachable" in line and "stay open, for workers to take over" in line
+    job_id = job_id_of(line)
+    try:
+        # A transient cause fails nothing: the slice waits with its reason, the
+        # rest are unsent, for the reconciler to send to the workers.
+        states = job_slices(job_id)
+        assert states[0][:2] == ("waiting", True) and "API unreachable" in states[0][2]
+        assert states[1:] == [("queued", False, None)] * 23
+    finally:  # no other test's reconciler should find (and send) them
+        with target_engine().begin() as conn:
+            conn.execute(text("DELETE FROM etl_job WHERE id = :j"), {"j": job_id})
 
 
 def test_enqueue_and_wait_with_a_real_worker(dbs, worker):
@@ -81,15 +85,14 @@ def test_enqueue_and_wait_with_a_real_worker(dbs, worker):
     assert "24 of 24 slices sent" in done.stdout
     assert "succeeded: 24 succeeded, 0 failed" in done.stdout
     assert "] 24/24 slices" in done.stderr and "[" + "#" * 30 + "]" in done.stderr
+    assert "\r" not in done.stderr  # not a terminal: no redrawn frames
     day = datetime(2025, 12, 1)
     assert_target_matches_oracle(dbs.source_url, dbs.target_url, day, day + timedelta(days=1))
 
 
 def test_enqueue_to_a_dead_broker_fails_fast_and_keeps_the_job(dbs):
-    began = time.monotonic()
     done = etl("--date", "2025-12-10", "--enqueue",
                CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/15")
-    assert time.monotonic() - began < 20
     assert done.returncode == 1
     assert "0 of 24 slices sent" in done.stdout
     assert "the broker did not take every slice" in done.stderr

@@ -69,6 +69,22 @@ def test_get_job_and_list_newest_first(client, broker):
     assert [j["id"] for j in listed] == [second["id"], first["id"]]
 
 
+def test_a_job_shows_its_origin_hours_and_options_and_the_list_filters(client, broker):
+    posted = client.post("/jobs", json={"start_date": "2025-12-03", "end_date": "2025-12-04",
+                                        "allow_empty": True}).json()
+    assert (posted["origin"], posted["first_hour"], posted["last_hour"]) == (
+        "api", "2025-12-03T00:00:00", "2025-12-04T23:00:00")
+    assert posted["allow_empty"] is True and posted["waiting"] == []
+    assert (posted["slices_waiting"], posted["values_ignored"]) == (0, 0)
+    last = client.post("/jobs", json={"date": "9999-12-30"}).json()  # its last hour ends in time
+    assert last["last_hour"] == "9999-12-30T23:00:00"
+    queued = client.get("/jobs", params={"status": "queued", "origin": "api"}).json()
+    assert {posted["id"], last["id"]} <= {j["id"] for j in queued}
+    assert client.get("/jobs", params={"origin": "hourly"}).json() == []
+    assert client.get("/jobs", params={"status": "done"}).status_code == 422
+    assert client.get("/jobs", params={"origin": "anyone"}).status_code == 422
+
+
 def test_unknown_job_is_404(client):
     response = client.get("/jobs/999999999")
     assert response.status_code == 404
@@ -88,6 +104,9 @@ def test_unknown_job_is_404(client):
         ({"start_date": "2024-01-01", "end_date": "2025-12-31"},
          "more than 366 days (JOBS_MAX_DAYS)"),
         ([1, 2], "Input should be a valid dictionary"),
+        ({"date": "9999-12-31"}, "the hours of 9999-12-31 cannot be represented"),
+        ({"start_date": "9999-12-01", "end_date": "9999-12-31"}, "cannot be represented"),
+        ({"date": "2025-12-05", "allow_empty": "sometimes"}, "allow_empty"),
     ],
 )
 def test_bad_bodies_are_422_with_a_reason(client, body, message):

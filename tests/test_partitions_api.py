@@ -15,6 +15,7 @@ from sqlalchemy import event
 from tests.conftest import Databases, in_process_client, module_databases
 from windfarm import jobs
 from windfarm.db import target_engine
+from windfarm.timeutil import hour_floor, utcnow
 
 DAY = date(2025, 12, 5)
 
@@ -36,8 +37,9 @@ def api(module_dbs: Databases):
 
 
 def job(*, start: date = DAY, end: date | None = None, hours: list[datetime] | None = None) -> int:
+    hours = hours or jobs.job_slices(start, end or start)
     with target_engine().begin() as conn:
-        job_id = jobs.create_job(conn, origin="api", start_date=start, end_date=end, hours=hours)
+        job_id = jobs.store_job(conn, origin="api", hours=hours)
     assert job_id is not None
     return job_id
 
@@ -76,8 +78,9 @@ def test_hours_no_job_covered_are_never_run(api):
     assert (body["start_date"], body["end_date"]) == ("2025-12-05", "2025-12-06")
     assert [d["date"] for d in body["days"]] == ["2025-12-05", "2025-12-06"]
     for day in body["days"]:
+        # Days of 2025, long before the catch-up window: beat will not fill them.
         assert day["counts"] == {"succeeded": 0, "failed": 0, "running": 0, "queued": 0,
-                                 "never_run": 24}
+                                 "waiting": 0, "never_run": 24, "beyond_catchup": 24}
         assert [h["hour"] for h in day["hours"]] == list(range(24))
         assert [h["slice_start"] for h in day["hours"]] == [
             f"{day['date']}T{h:02d}:00:00" for h in range(24)
@@ -94,13 +97,16 @@ def test_each_state_with_its_job_times_and_error(api):
     start_running(job_id, at(1))
     fail(job_id, at(2), "HTTP 404 from the API: no such hour")
     with target_engine().begin() as conn:
-        jobs.mark_enqueued(conn, job_id, [at(3)])
+        jobs.mark_unsent(conn, job_id, [at(4)])
+        jobs.claim_slice(conn, job_id, at(5))
+        jobs.wait_slice(conn, job_id, at(5), "API unreachable", first_s=60, max_s=900)
     body = partitions(api, start_date="2025-12-05")
     cells = hours_of(body)
-    assert [c["state"] for c in cells[:5]] == ["succeeded", "running", "failed", "queued", "queued"]
+    assert [c["state"] for c in cells[:6]] == [
+        "succeeded", "running", "failed", "queued", "queued", "waiting"]
     assert all(c["job_id"] == job_id for c in cells)
 
-    done, running, failed, enqueued, waiting = cells[:5]
+    done, running, failed, enqueued, unsent, waits = cells[:6]
     assert done["finished_at"] is not None and done["attempts"] == 1
     assert done["last_succeeded_at"] == done["finished_at"]
     assert done["error"] is None
@@ -108,11 +114,27 @@ def test_each_state_with_its_job_times_and_error(api):
     assert failed["error"] == "HTTP 404 from the API: no such hour"
     assert failed["finished_at"] is not None and failed["last_succeeded_at"] is None
     assert enqueued["enqueued_at"] is not None and enqueued["started_at"] is None
-    assert waiting["enqueued_at"] is None
-    assert body["days"][0]["counts"] == {"succeeded": 1, "failed": 1, "running": 1, "queued": 21,
-                                         "never_run": 0}
+    assert unsent["enqueued_at"] is None
+    assert waits["error"] == "API unreachable" and waits["retry_at"] is not None
+    assert body["days"][0]["counts"] == {"succeeded": 1, "failed": 1, "running": 1, "queued": 20,
+                                         "waiting": 1, "never_run": 0, "beyond_catchup": 1}
+    assert [c["beyond_catchup"] for c in cells[:6]] == [False, False, True, False, False, False]
     # Timestamps are ISO 8601, like the rest of the API.
     datetime.fromisoformat(done["finished_at"])
+
+
+def test_hours_beat_will_not_fill_are_marked_beyond_the_catch_up_window(api, settings_env):
+    settings_env(ETL_CATCHUP_DAYS="2")
+    today = utcnow().date()
+    body = partitions(api, start_date=(today - timedelta(days=3)).isoformat(),
+                      end_date=today.isoformat())
+    window = datetime.fromisoformat(body["catchup_from"])
+    assert window == hour_floor(window)
+    assert timedelta(days=2) <= utcnow() - window < timedelta(days=2, hours=1, minutes=1)
+    for day in body["days"]:
+        for cell in day["hours"]:
+            start = datetime.fromisoformat(cell["slice_start"])
+            assert cell["beyond_catchup"] == (start < window), cell
 
 
 def test_the_newest_job_of_an_hour_wins(api):
@@ -191,15 +213,15 @@ def test_the_range_is_bounded_by_jobs_max_days(api, settings_env):
     response = api.get("/partitions", params={"start_date": "2025-01-01", "end_date": "2026-01-02"})
     assert response.status_code == 422
     assert response.json() == {
-        "detail": "2025-01-01 .. 2026-01-02 is 367 days, more than 366 (JOBS_MAX_DAYS); "
-        "ask for a shorter range"
+        "detail": "2025-01-01 .. 2026-01-02 is 367 days, more than 366 days (JOBS_MAX_DAYS); "
+        "split it"
     }
     settings_env(JOBS_MAX_DAYS="3")
     assert api.get("/partitions", params={"start_date": "2025-12-01",
                                           "end_date": "2025-12-03"}).status_code == 200
     response = api.get("/partitions", params={"start_date": "2025-12-01", "end_date": "2025-12-04"})
     assert response.status_code == 422
-    assert "more than 3 (JOBS_MAX_DAYS)" in response.json()["detail"]
+    assert "more than 3 days (JOBS_MAX_DAYS)" in response.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -213,7 +235,8 @@ def test_the_range_is_bounded_by_jobs_max_days(api, settings_env):
          "end_date '2025-13-01' is not an ISO 8601 date such as 2025-12-05"),
         ({"start_date": "2025-12-05", "end_date": "2025-12-04"},
          "end_date 2025-12-04 is before start_date 2025-12-05"),
-        ({"start_date": "9999-12-31"}, "end_date 9999-12-31 is out of range"),
+        ({"start_date": "9999-12-31"},
+         "the hours of 9999-12-31 cannot be represented: its last slice would end after year 9999"),
     ],
 )
 def test_bad_input_is_422_with_a_readable_message(api, params, detail):

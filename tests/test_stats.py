@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections import defaultdict
 from datetime import datetime, timedelta
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from workers.stats import STATS, signal_names, stat_rows, window_stats
+from windfarm.vocabulary import STATS, signal_names
+from workers.stats import stat_rows, window_stats
 
 T0 = datetime(2025, 12, 5, 10, 0)
 NAN = float("nan")
+INF = float("inf")
+BIG = 1.7976931348623157e308  # the largest double
 
 
 def minutes(n: int, start: datetime = T0) -> list[datetime]:
@@ -156,13 +159,137 @@ def test_rows_cover_every_variable_and_stat():
     assert {r.signal for r in rows} == set(signal_names(["wind_speed", "power"]))
 
 
-def test_a_year_of_minutes_takes_well_under_a_second():
-    stamps = np.arange(np.datetime64("2025-01-01"), np.datetime64("2026-01-01"),
-                       np.timedelta64(1, "m")).astype("datetime64[us]")
-    values = np.random.default_rng(0).normal(8, 2, len(stamps))
-    values[::97] = NAN
-    began = time.perf_counter()
+# --- non-finite values are missing --------------------------------------------
+
+
+def test_nan_and_infinities_are_ignored():
+    # 10:00 holds only non-finite values, 10:10 one finite value among them.
+    only_non_finite = [NAN, INF, -INF] * 3 + [INF]
+    one_finite = [INF, NAN, 4.25, -INF] + [NAN] * 6
+    values = np.array(only_non_finite + one_finite)
+    stamps = minutes(len(values))
+    rows = as_dict(stat_rows(np.array(stamps, "datetime64[us]"), {"power": values}))
+    w10 = T0 + timedelta(minutes=10)
+    assert rows == {
+        (w10, "power_mean_10m"): 4.25,
+        (w10, "power_min_10m"): 4.25,
+        (w10, "power_max_10m"): 4.25,
+    }
+
+
+def test_infinities_do_not_reach_min_max_or_std():
+    stats = window_stats(minutes(5), np.array([1.0, INF, 3.0, -INF, NAN]))
+    assert stats.count.tolist() == [2]
+    assert (stats.mean[0], stats.min[0], stats.max[0]) == (2.0, 1.0, 3.0)
+    assert stats.std[0] == math.sqrt(2)
+
+
+# --- no overflow, no underflow -----------------------------------------------------
+
+
+def exact_mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std of ``values`` computed exactly, then rounded once."""
+    exact = [Fraction(v) for v in values]
+    mean = sum(exact) / len(exact)
+    var = sum((x - mean) ** 2 for x in exact) / (len(exact) - 1)
+    # sqrt of var / 4**k in floats, var / 4**k being moderate: no overflow either.
+    k = (var.numerator.bit_length() - var.denominator.bit_length()) // 2
+    return float(mean), math.ldexp(math.sqrt(var / Fraction(4) ** k), k)
+
+
+def test_std_of_opposite_huge_values_is_finite():
+    stats = window_stats(minutes(2), np.array([1e300, -1e300]))
+    assert stats.mean[0] == 0.0
+    assert stats.std[0] == 1.4142135623730951e300 == exact_mean_std([1e300, -1e300])[1]
+
+
+def test_values_near_the_largest_double():
+    values = [1.7e308, 1.7e308, 1.6e308]
+    stats = window_stats(minutes(3), np.array(values))
+    mean, std = exact_mean_std(values)
+    assert (stats.min[0], stats.max[0]) == (1.6e308, 1.7e308)
+    assert stats.mean[0] == pytest.approx(mean, rel=1e-15)
+    assert stats.std[0] == pytest.approx(std, rel=1e-12)
+    same = window_stats(minutes(2), np.array([1.7e308, 1.7e308]))
+    assert (same.mean[0], same.std[0]) == (1.7e308, 0.0)
+
+
+def test_extremes_of_both_signs():
+    # BIG - (-BIG / 2) would overflow, as would BIG + BIG / 2; the std does not.
+    values = [BIG, BIG / 2, -BIG / 2]
+    stats = window_stats(minutes(3), np.array(values))
+    mean, std = exact_mean_std(values)
+    assert stats.mean[0] == pytest.approx(mean, rel=1e-15)
+    assert math.isfinite(stats.std[0]) and stats.std[0] == pytest.approx(std, rel=1e-12)
+
+
+def test_tiny_values():
+    values = [5e-324, 1e-310]  # the smallest subnormal and a larger one
+    stats = window_stats(minutes(2), np.array(values))
+    mean, std = exact_mean_std(values)
+    assert (stats.min[0], stats.max[0]) == (5e-324, 1e-310)
+    # Subnormals carry an absolute precision of 5e-324: within one step of exact.
+    assert abs(stats.mean[0] - mean) <= 5e-324
+    assert stats.std[0] == pytest.approx(std, rel=1e-12)
+    assert stats.std[0] > 0  # the plain formula squares the deviations to 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_large_window_of_mixed_magnitudes_matches_exact_arithmetic(seed: int):
+    rng = np.random.default_rng(seed)
+    # 600 values in one window, magnitudes from 1e-300 to the largest double,
+    # both signs: the plain sums would overflow.
+    magnitude = 10.0 ** rng.uniform(-300, 308, 600)
+    magnitude[:5] = rng.uniform(1.6e308, BIG, 5)
+    values = rng.permutation(magnitude * rng.choice([-1.0, 1.0], 600))
+    stamps = np.datetime64(T0, "us") + np.arange(600) * np.timedelta64(1, "s")
     stats = window_stats(stamps, values)
-    took = time.perf_counter() - began
-    assert len(stats) == 365 * 24 * 6
-    assert took < 0.5, f"{took:.3f} s"
+    mean, std = exact_mean_std(values.tolist())
+    assert stats.count.tolist() == [600]
+    assert (stats.min[0], stats.max[0]) == (values.min(), values.max())
+    assert stats.mean[0] == pytest.approx(mean, rel=1e-15)
+    assert stats.std[0] == pytest.approx(std, rel=1e-12)
+
+
+# --- ordinary values: exactly the plain two-pass result ---------------------------
+
+
+def plain_two_pass(timestamps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std per window as computed before scaling was introduced."""
+    ts = np.asarray(timestamps, dtype="datetime64[us]").astype(np.int64)
+    present = ~np.isnan(values)
+    bins, vals = ts[present] // (10 * 60 * 1_000_000), values[present]
+    order = np.argsort(bins, kind="stable")
+    bins, vals = bins[order], vals[order]
+    first = np.flatnonzero(np.concatenate(([True], bins[1:] != bins[:-1])))
+    count = np.diff(np.append(first, len(vals)))
+    mean = np.add.reduceat(vals, first) / count
+    deviation = vals - np.repeat(mean, count)
+    squares = np.add.reduceat(deviation * deviation, first)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        std = np.where(count > 1, np.sqrt(squares / (count - 1)), np.nan)
+    return mean, std
+
+
+def bits(values: np.ndarray) -> list[int]:
+    return np.asarray(values, dtype=np.float64).view(np.int64).tolist()
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("kind", ["around 1e3", "1e9 nearly constant", "around zero"])
+def test_ordinary_values_give_the_plain_two_pass_result_bit_for_bit(kind: str, seed: int):
+    rng = np.random.default_rng(seed)
+    n = 5000
+    # Random instants over a day: windows of 0 to about 20 values, some off the minute.
+    offsets = np.sort(rng.integers(0, 86_400_000_000, size=n))
+    stamps = np.datetime64("2025-12-05", "us") + offsets.astype("timedelta64[us]")
+    values = {
+        "around 1e3": lambda: rng.normal(1e3, 1e2, n),
+        "1e9 nearly constant": lambda: 1e9 + rng.normal(0, 1e-4, n),
+        "around zero": lambda: rng.normal(0, 3, n),
+    }[kind]()
+    values[rng.random(n) < 0.1] = NAN
+    stats = window_stats(stamps, values)
+    mean, std = plain_two_pass(stamps, values)
+    assert bits(stats.mean) == bits(mean)
+    assert bits(stats.std) == bits(std)

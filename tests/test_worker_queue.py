@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from datetime import date, datetime, timedelta
 
 import pytest
@@ -13,12 +14,18 @@ from sqlalchemy import text
 
 from tests.oracle import actual_rows, assert_target_matches_oracle
 from tests.procs import FaultyProxy, queue_length, wait_for_job
+from windfarm import jobs
 from windfarm.db import target_engine
-from workers.dispatch import submit_job
+from windfarm.dispatch import submit_job
 
 
 def day_start(day: date) -> datetime:
     return datetime.combine(day, datetime.min.time())
+
+
+def submit_day(day: date) -> int:
+    """Store and send a one-day job, as the CLI's --enqueue does; its id."""
+    return submit_job(origin="cli", hours=jobs.job_slices(day, day)).id
 
 
 def slices(job_id: int) -> dict[int, tuple]:
@@ -47,7 +54,7 @@ def proxy_factory():
 
 def test_a_day_submitted_to_the_queue_is_processed_by_a_real_worker(dbs, worker):
     day = date(2025, 12, 2)
-    job_id = submit_job(origin="test", start_date=day, end_date=day)
+    job_id = submit_day(day)
     view = wait_for_job(job_id, timeout=60, procs=(worker,))
     assert (view.status, view.slices_succeeded, view.slices_failed) == ("succeeded", 24, 0)
     assert view.errors == []
@@ -69,7 +76,7 @@ def test_a_permanent_api_failure_fails_its_slice_at_once(fresh_dbs, api_server, 
         lambda path, n: (404, {"detail": "no such thing"}) if "T03:00:00" in path else None,
     )
     worker = worker_factory(proxy.url)
-    job_id = submit_job(origin="test", start_date=day, end_date=day)
+    job_id = submit_day(day)
     view = wait_for_job(job_id, timeout=60, procs=(worker,))
     assert (view.status, view.slices_succeeded, view.slices_failed) == ("failed", 23, 1)
     [error] = view.errors
@@ -82,39 +89,54 @@ def test_a_permanent_api_failure_fails_its_slice_at_once(fresh_dbs, api_server, 
     assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, day_start(day), three)
 
 
-def test_transient_failures_are_retried_with_backoff_then_given_up(
+def test_transient_failures_are_retried_with_backoff_then_wait_until_the_cause_is_gone(
     fresh_dbs, api_server, worker_factory, proxy_factory
 ):
     day = date(2025, 12, 7)
+    five = day_start(day) + timedelta(hours=5)
+    unavailable = threading.Event()
+    unavailable.set()
 
     def rule(path: str, n: int):
         # The first four requests (whatever slices they are for) and every
-        # request for 05:00 find the API unavailable.
-        if n < 4 or "T05:00:00" in path:
+        # request for 05:00 while the API is unavailable fail.
+        if n < 4 or ("T05:00:00" in path and unavailable.is_set()):
             return 503, {"detail": "try again later"}
         return None
 
     proxy = proxy_factory(api_server.url, rule)
-    worker = worker_factory(proxy.url, ETL_MAX_RETRIES="2")
-    job_id = submit_job(origin="test", start_date=day, end_date=day)
-    view = wait_for_job(job_id, timeout=90, procs=(worker,))
-    assert (view.status, view.slices_succeeded, view.slices_failed) == ("failed", 23, 1)
-    [error] = view.errors
-    assert error.slice_start == day_start(day) + timedelta(hours=5)
-    assert error.message.startswith("gave up after 3 attempts: ")
-    assert "HTTP 503: try again later" in error.message
-    states = slices(job_id)
-    assert states.pop(5) == ("failed", 3, True)
+    worker = worker_factory(proxy.url, ETL_MAX_RETRIES="2", ETL_RECONCILE_EVERY_S="1")
+    job_id = submit_day(day)
+    deadline = time.monotonic() + 60
+    while slices(job_id)[5][0] != "waiting":
+        assert time.monotonic() < deadline, worker.describe()
+        time.sleep(0.2)
+    with target_engine().connect() as conn:
+        view = jobs.get_job(conn, job_id)
+    # A transient cause never fails a slice: it waits, and the job shows why.
+    assert (view.status, view.slices_succeeded, view.slices_failed, view.slices_waiting) == (
+        "running", 23, 0, 1)
+    [waiting] = view.waiting
+    assert waiting.slice_start == five
+    assert "HTTP 503: try again later (after 3 attempts)" in waiting.message
     assert proxy.count("T05:00:00") == 3
+    assert "retry 1 in" in worker.log()
+
+    unavailable.clear()  # the cause is gone; the reconciler sends the slice again
+    time.sleep(1.1)  # its first wait: ETL_RECONCILE_EVERY_S
+    from scheduler.tasks import reconcile
+
+    assert reconcile()["resent"] == 1
+    view = wait_for_job(job_id, timeout=60, procs=(worker,))
+    assert (view.status, view.slices_succeeded, view.slices_failed) == ("succeeded", 24, 0)
+    states = slices(job_id)
+    assert states.pop(5) == ("succeeded", 4, True)
     # The slices hit by the first four 503s succeeded on a later attempt.
     assert {s for s, _, _ in states.values()} == {"succeeded"}
     # (05:00 cannot be among the first four requests: four other slices come first.)
     assert sum(attempts - 1 for _, attempts, _ in states.values()) == 4
-    start, five = day_start(day), day_start(day) + timedelta(hours=5)
-    assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, start, five)
     assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url,
-                                 five + timedelta(hours=1), start + timedelta(days=1))
-    assert "retry 1 in" in worker.log()
+                                 day_start(day), day_start(day) + timedelta(days=1))
 
 
 @pytest.mark.slow
@@ -135,7 +157,7 @@ def test_a_slice_whose_worker_process_dies_is_redelivered(
     proxy = proxy_factory(api_server.url, rule)
     worker = worker_factory(proxy.url, concurrency=1)
     [child] = worker.child_pids()
-    job_id = submit_job(origin="test", start_date=day, end_date=day)
+    job_id = submit_day(day)
     assert in_flight.wait(30), worker.describe()
     os.kill(child, signal.SIGKILL)  # an OOM kill, say, in the middle of slice 02:00
     release.set()
@@ -147,29 +169,18 @@ def test_a_slice_whose_worker_process_dies_is_redelivered(
                                  day_start(day), day_start(day) + timedelta(days=1))
 
 
-def test_enqueueing_thousands_of_slices_is_fast(fresh_dbs):
-    import time
-
+def test_every_slice_of_a_large_job_is_sent_and_recorded_once(fresh_dbs):
     from tests.procs import purge_queue
-    from windfarm import jobs
-    from workers.dispatch import enqueue_slices, store_job
 
     broker, queue = os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"]
     first, last = date(2025, 1, 1), date(2025, 4, 30)  # 120 days, 2,880 slices
-    job_id = store_job(origin="test", start_date=first, end_date=last)
-    hours = jobs.job_slices(first, last)
     try:
-        began = time.perf_counter()
-        sent = enqueue_slices(job_id, hours)
-        rate = sent / (time.perf_counter() - began)
-        assert sent == len(hours) == 2880
+        view = submit_job(origin="cli", hours=jobs.job_slices(first, last))
+        assert view.slices_total == 2880
         assert queue_length(broker, queue) == 2880
         with target_engine().connect() as conn:
             unsent = conn.scalar(text("SELECT count(*) FROM etl_slice WHERE job_id = :j AND "
-                                      "enqueued_at IS NULL"), {"j": job_id})
+                                      "enqueued_at IS NULL"), {"j": view.id})
         assert unsent == 0
-        print(f"enqueued {sent} slices at {rate:,.0f} messages/s")
-        # 3,000+/s on a 2-core laptop; the bound leaves room for a busy CI box.
-        assert rate > 1000
     finally:
         purge_queue(broker, queue)

@@ -7,12 +7,12 @@ change the environment and call ``get_settings.cache_clear()``.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-VARIABLES = ("wind_speed", "power", "ambient_temprature")
+from windfarm.vocabulary import VARIABLES
 
 
 def _validate_cron(value: str) -> str:
@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     etl_queue: str = "etl"
 
     api_token: str | None = None
-    flower_basic_auth: str | None = None
+    # Where the dashboard links to Flower; unset: port 5555 of the dashboard's host.
+    flower_url: str | None = None
 
     data_max_days: int = Field(31, ge=1)
     jobs_max_days: int = Field(366, ge=1)
@@ -43,10 +44,19 @@ class Settings(BaseSettings):
     etl_daily_cron: str = "0 2 * * *"
     etl_slice_timeout_s: float = Field(300, gt=0)
     etl_reconcile_every_s: float = Field(60, gt=0)
+    etl_catchup_days: int = Field(7, ge=0)
+    etl_job_retention_days: int = Field(90, ge=1)
+    # The longest a waiting slice waits before the reconciler sends it again.
+    etl_wait_max_s: float = Field(900, gt=0)
 
     etl_http_timeout_s: float = Field(10, gt=0)
     etl_max_retries: int = Field(8, ge=0)
     etl_retry_backoff_max_s: int = Field(60, ge=1)
+
+    @property
+    def etl_priority_queue(self) -> str:
+        """The lane of scheduled slices and control tasks, beside ``etl_queue``."""
+        return f"{self.etl_queue}.priority"
 
     @field_validator("etl_variables", mode="before")
     @classmethod
@@ -68,10 +78,19 @@ class Settings(BaseSettings):
     def _cron(cls, value: str) -> str:
         return _validate_cron(value)
 
-    @field_validator("api_token", "flower_basic_auth", "celery_result_backend", mode="before")
+    @field_validator("api_token", "celery_result_backend", "flower_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _catchup_within_retention(self) -> Self:
+        if self.etl_catchup_days > self.etl_job_retention_days:
+            raise ValueError(
+                f"ETL_CATCHUP_DAYS ({self.etl_catchup_days}) cannot exceed "
+                f"ETL_JOB_RETENTION_DAYS ({self.etl_job_retention_days}): catch-up reads the "
+                "bookkeeping of the hours it looks at")
+        return self
 
 
 @lru_cache

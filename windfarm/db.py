@@ -8,13 +8,10 @@ by process id, so a child builds its own on first use.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
 
 from windfarm.config import get_settings
 
@@ -69,13 +66,6 @@ def dispose_engines() -> None:
         else:
             engine.dispose(close=False)
     _engines.clear()
-
-
-@contextmanager
-def target_session() -> Iterator[Session]:
-    """A session on the target database that commits on success."""
-    with sessionmaker(target_engine(), expire_on_commit=False).begin() as session:
-        yield session
 
 
 def ensure_database(url: str) -> bool:

@@ -22,9 +22,9 @@ from datetime import date, datetime
 from windfarm import jobs
 from windfarm.config import get_settings
 from windfarm.db import target_engine
-from windfarm.models import create_schema
+from windfarm.models import Origin, create_schema
 from workers.errors import TransientError, describe
-from workers.run import SliceOutcome, give_up, run_slice
+from workers.run import SliceOutcome, leave_waiting, run_slice
 
 PROG = "python -m workers.etl"
 # Pauses before the in-process retries of a slice: two quick ones, then stop.
@@ -52,6 +52,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--enqueue", action="store_true", help="send the slices to the workers")
     parser.add_argument("--wait", action="store_true", help="with --enqueue: follow the job")
     parser.add_argument("--timeout", type=float, help="with --wait: stop waiting after N seconds")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="let a slice erase an hour's statistics when the source has no "
+                             "rows for it")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every slice")
     args = parser.parse_args(argv)
     if args.date and (args.start or args.end):
@@ -60,11 +63,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.start = args.end = args.date
     if not (args.start and args.end):
         parser.error("give --date, or both --start and --end")
-    if args.end < args.start:
-        parser.error(f"--end {args.end} is before --start {args.start}")
-    days = (args.end - args.start).days + 1
-    if days > get_settings().jobs_max_days:
-        parser.error(f"{days} days is more than JOBS_MAX_DAYS ({get_settings().jobs_max_days})")
+    try:
+        jobs.check_days(args.start, args.end, max_days=get_settings().jobs_max_days)
+    except jobs.RangeError as exc:
+        parser.error(str(exc).replace("end_date", "--end").replace("start_date", "--start"))
     if args.wait and not args.enqueue:
         parser.error("--wait follows an enqueued job: add --enqueue")
     return args
@@ -76,10 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="etl: %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    began = time.monotonic()
     try:
         if args.enqueue:
-            return enqueue(args.start, args.end, wait=args.wait, timeout=args.timeout)
-        return run_days(args.start, args.end)
+            return enqueue(args.start, args.end, wait=args.wait, timeout=args.timeout,
+                           allow_empty=args.allow_empty, began=began)
+        return run_days(args.start, args.end, allow_empty=args.allow_empty)
     except CliError as exc:
         print(f"etl: {exc}", file=sys.stderr)
         return 1
@@ -88,30 +92,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def create_cli_job(start: date, end: date) -> int:
-    """Store a job with origin ``cli``; CliError when the target database is down."""
+def submit(start: date, end: date, *, allow_empty: bool, enqueue: bool) -> tuple[int, int]:
+    """Store a job with origin ``cli`` and, with ``enqueue``, send its slices;
+    the job id and how many slices the broker took. CliError when the target
+    database is down."""
+    sent: list[int] = []
+
+    def send_now(send, *args, **kwargs) -> None:
+        sent.append(send(*args, **kwargs) if enqueue else 0)
+
     try:
+        from windfarm.dispatch import submit_job  # loads Celery: only once it is needed
+
         create_schema(target_engine())
-        with target_engine().begin() as conn:
-            job_id = jobs.create_job(conn, origin="cli", start_date=start, end_date=end)
+        view = submit_job(origin=Origin.CLI, hours=jobs.job_slices(start, end),
+                          allow_empty=allow_empty, defer=send_now)
     except Exception as exc:  # noqa: BLE001 - reported in one line
         raise CliError(f"cannot use the target database: {describe(exc)}") from exc
-    assert job_id is not None  # no dedupe key, so always created
-    return job_id
+    assert view is not None  # no dedupe key, so always stored
+    return view.id, sent[0]
 
 
-def run_days(start: date, end: date, *, sleep: Callable[[float], None] = time.sleep) -> int:
+def run_days(
+    start: date, end: date, *, allow_empty: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     """Process ``[start, end]`` in this process; the exit status."""
     began = time.perf_counter()
-    job_id = create_cli_job(start, end)
+    job_id, _ = submit(start, end, allow_empty=allow_empty, enqueue=False)
     hours = jobs.job_slices(start, end)
     outcomes: list[SliceOutcome] = []
     for i, hour in enumerate(hours):
         try:
             outcomes.append(run_with_retries(job_id, hour, sleep=sleep))
         except TransientError as exc:
-            _abandon(job_id, hours[i:], describe(exc))
-            raise CliError(f"stopped at slice {hour.isoformat()} (job {job_id}): {exc}") from exc
+            _hand_over(job_id, hours[i:], describe(exc))
+            raise CliError(f"stopped at slice {hour.isoformat()} (job {job_id}): {exc}; the "
+                           "job's other slices stay open, for workers to take over") from exc
     failed = [o for o in outcomes if o.state == "failed"]
     rows = sum(o.rows_written for o in outcomes)
     print(f"etl: job {job_id}: {len(hours)} slices, {len(outcomes) - len(failed)} succeeded, "
@@ -134,46 +151,53 @@ def run_with_retries(
     return run_slice(job_id, hour, client=client)
 
 
-def _abandon(job_id: int, hours: list[datetime], reason: str) -> None:
-    """End the slices a stopped run will not process, so its job does not linger."""
+def _hand_over(job_id: int, hours: list[datetime], reason: str) -> None:
+    """Leave the slices a stopped run will not process to the workers: the one
+    that failed waits with its reason, the rest are unsent, for the reconciler."""
     try:
-        give_up(job_id, hours[0], reason)
-        for hour in hours[1:]:
-            give_up(job_id, hour, f"not run: the CLI stopped at {hours[0].isoformat()}")
-    except TransientError:
-        pass  # the target is down too; the reconciler will find them
+        leave_waiting(job_id, hours[0], reason)
+        with target_engine().begin() as conn:
+            jobs.mark_unsent(conn, job_id, hours[1:])
+    except Exception:  # noqa: BLE001 - the target is down too; the reconciler finds them
+        pass
 
 
-def enqueue(start: date, end: date, *, wait: bool, timeout: float | None) -> int:
+def enqueue(
+    start: date, end: date, *, wait: bool, timeout: float | None, allow_empty: bool = False,
+    began: float | None = None,
+) -> int:
     """Send ``[start, end]`` to the workers; with ``wait``, follow the job to its end."""
-    from workers.dispatch import enqueue_slices  # imports Celery only when needed
-
-    job_id = create_cli_job(start, end)
-    hours = jobs.job_slices(start, end)
-    sent = enqueue_slices(job_id, hours)
-    print(f"etl: job {job_id}: {sent} of {len(hours)} slices sent to queue "
+    job_id, sent = submit(start, end, allow_empty=allow_empty, enqueue=True)
+    total = len(jobs.job_slices(start, end))
+    print(f"etl: job {job_id}: {sent} of {total} slices sent to queue "
           f"{get_settings().etl_queue}")
-    if sent < len(hours):
+    if sent < total:
         raise CliError(f"the broker did not take every slice of job {job_id}; the rest stay "
                        "queued in the database for the reconciler to send")
-    return follow(job_id, timeout=timeout) if wait else 0
+    return follow(job_id, timeout=timeout, began=began) if wait else 0
 
 
-def follow(job_id: int, *, timeout: float | None = None, out=None) -> int:
-    """Draw a progress bar until the job ends; 0 when it succeeded."""
+def follow(job_id: int, *, timeout: float | None = None, out=None,
+           began: float | None = None) -> int:
+    """Show the job's progress until it ends; 0 when it succeeded. On a terminal
+    the bar redraws in place; otherwise only the final line is written."""
     out = out or sys.stderr
-    began = time.monotonic()
+    began = time.monotonic() if began is None else began
+    live = out.isatty()
     while True:
         view = _job(job_id)
-        out.write("\r" + progress_line(view, time.monotonic() - began))
-        out.flush()
-        if view.status in jobs.TERMINAL:
-            out.write("\n")
+        if live:
+            out.write("\r" + progress_line(view, time.monotonic() - began))
+            out.flush()
+        if view.ended:
             break
         if timeout is not None and time.monotonic() - began > timeout:
-            out.write("\n")
+            out.write(("\n" if live else "") + progress_line(view, time.monotonic() - began)
+                      + "\n")
             raise CliError(f"job {job_id} has not ended after {timeout:g} s; it goes on")
         time.sleep(POLL_S)
+    out.write("\n" if live else progress_line(view, time.monotonic() - began) + "\n")
+    out.flush()
     for error in view.errors:
         print(f"etl: slice {error.slice_start.isoformat()} failed: {error.message}",
               file=sys.stderr)
@@ -199,7 +223,8 @@ def progress_line(view: jobs.JobView, elapsed: float) -> str:
     filled = BAR_WIDTH * done // max(view.slices_total, 1)
     bar = "#" * filled + "." * (BAR_WIDTH - filled)
     failed = f", {view.slices_failed} failed" if view.slices_failed else ""
-    return (f"[{bar}] {done}/{view.slices_total} slices{failed}, "
+    waiting = f", {view.slices_waiting} waiting" if view.slices_waiting else ""
+    return (f"[{bar}] {done}/{view.slices_total} slices{failed}{waiting}, "
             f"{view.rows_written} rows, {elapsed:.1f} s")
 
 

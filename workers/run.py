@@ -1,9 +1,10 @@
-"""Process one slice: claim it, fetch it, compute its statistics, write them.
+"""Process one slice: take the hour, claim the slice, fetch it, compute its
+statistics, write them.
 
 :func:`run_slice` is the whole job of the Celery task and of the CLI. It ends
 a slice ``succeeded`` (rows and bookkeeping in one transaction) or ``failed``
 with the reason, or raises :class:`~workers.errors.TransientError` and leaves
-the slice ``running`` for the caller to retry (or the reconciler to resend).
+the slice ``running`` for the caller to retry, or to leave waiting.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ from windfarm import jobs
 from windfarm.config import get_settings
 from windfarm.db import target_engine
 from windfarm.timeutil import hour_floor, to_utc
+from windfarm.vocabulary import signal_names
 from workers.errors import PermanentError, TargetUnavailable, TransientError, describe
 from workers.source import fetch_slice
-from workers.stats import signal_names, stat_rows
-from workers.store import commit_slice, signal_ids
+from workers.stats import stat_rows
+from workers.store import HourSession, hour_session, signal_ids
 
 log = logging.getLogger(__name__)
 
-# Attempts beyond the retries: a slice whose worker keeps dying (OOM, a hard
-# time limit) is requeued on worker loss; this bounds that loop.
-EXTRA_ATTEMPTS = 2
+# Claims that found the slice still running, i.e. attempts that never
+# finished (the worker was killed, or hit its hard time limit). A slice that
+# keeps killing its worker is requeued on worker loss each time; this bounds it.
+MAX_UNFINISHED = 3
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class SliceOutcome:
     state: str
     rows_written: int = 0
     error: str | None = None
+    values_ignored: int = 0
 
 
 def parse_hour(value: str | datetime) -> datetime:
@@ -50,11 +54,6 @@ def parse_hour(value: str | datetime) -> datetime:
     if hour != hour_floor(hour):
         raise ValueError(f"a slice starts on a whole hour, not at {hour.isoformat()}")
     return hour
-
-
-def max_attempts() -> int:
-    """Claims of one slice after which it is abandoned."""
-    return get_settings().etl_max_retries + 1 + EXTRA_ATTEMPTS
 
 
 @contextmanager
@@ -75,45 +74,69 @@ def run_slice(
 ) -> SliceOutcome:
     """Process one slice of a job; see the module docstring for how it can end."""
     hour = parse_hour(slice_start)
-    with target_errors():
-        attempt = jobs.claim_slice_now(target_engine(), job_id, hour)
-    if attempt is None:
-        log.info("slice %s of job %s already ended or unknown; nothing to do", hour, job_id)
-        return SliceOutcome("skipped")
-    if attempt > max_attempts():
-        return give_up(
-            job_id, hour,
-            f"abandoned after {attempt - 1} attempts that never finished "
-            "(worker killed or over its time limit?)",
-        )
-    try:
-        return SliceOutcome("succeeded", process(job_id, hour, client=client))
-    except PermanentError as exc:
-        return give_up(job_id, hour, describe(exc))
-    except (TransientError, SoftTimeLimitExceeded):
-        raise
-    except Exception as exc:  # noqa: BLE001 - a bug must end the slice, not strand it
-        log.exception("slice %s of job %s: unexpected error", hour, job_id)
-        return give_up(job_id, hour, f"unexpected error: {describe(exc)}")
-
-
-def process(job_id: int, hour: datetime, *, client: httpx.Client | None = None) -> int:
-    """Fetch, compute and write one slice; mark it succeeded in the same transaction."""
     variables = get_settings().etl_variables
-    data = fetch_slice(hour, variables=variables, client=client)
-    rows = stat_rows(data.timestamps, data.columns)
     engine = target_engine()
     with target_errors():
+        # Before the hour's turn: no second pooled connection while holding one.
         ids = signal_ids(engine, signal_names(variables))
-        written = commit_slice(engine, job_id, hour, rows, ids=ids)
-    log.info("slice %s of job %s: %d rows from %d source rows", hour, job_id, written, len(data))
-    return written
+        with hour_session(engine, job_id, hour) as session:
+            claim = session.claim()
+            if claim is None:
+                log.info("slice %s of job %s already ended or unknown; nothing to do",
+                         hour, job_id)
+                return SliceOutcome("skipped")
+            if claim.unfinished >= MAX_UNFINISHED:
+                return _fail(session, f"abandoned after {claim.unfinished} attempts that never "
+                                      "finished (worker killed or over its time limit?)")
+            try:
+                return process(session, claim, ids, variables=variables, client=client)
+            except PermanentError as exc:
+                return _fail(session, describe(exc))
+            except (TransientError, SoftTimeLimitExceeded):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug must end the slice, not strand it
+                log.exception("slice %s of job %s: unexpected error", hour, job_id)
+                return _fail(session, f"unexpected error: {describe(exc)}")
 
 
-def give_up(job_id: int, slice_start: str | datetime, message: str) -> SliceOutcome:
-    """Mark the slice failed for good with ``message``."""
-    hour = parse_hour(slice_start)
-    log.warning("slice %s of job %s failed: %s", hour, job_id, message)
-    with target_errors(), target_engine().begin() as conn:
-        jobs.fail_slice(conn, job_id, hour, message)
+def process(
+    session: HourSession, claim: jobs.Claim, ids: dict[str, int], *,
+    variables: tuple[str, ...], client: httpx.Client | None = None,
+) -> SliceOutcome:
+    """Fetch, compute and write one slice; mark it succeeded in the same transaction."""
+    hour = session.hour
+    data = fetch_slice(hour, variables=variables, client=client)
+    if not len(data) and not claim.allow_empty and session.holds_statistics(ids):
+        return _fail(session, f"the source has no rows for {hour.isoformat()}, whose statistics "
+                              "the target holds; nothing was erased (a job with allow_empty "
+                              "may erase them)")
+    rows = stat_rows(data.timestamps, data.columns)
+    written = session.commit(rows, ids, values_ignored=data.ignored)
+    log.info("slice %s of job %s: %d rows from %d source rows%s", hour, session.job_id,
+             written, len(data), f", {data.ignored} non-finite values ignored"
+             if data.ignored else "")
+    return SliceOutcome("succeeded", written, values_ignored=data.ignored)
+
+
+def _fail(session: HourSession, message: str) -> SliceOutcome:
+    log.warning("slice %s of job %s failed: %s", session.hour, session.job_id, message)
+    session.fail(message)
     return SliceOutcome("failed", error=message)
+
+
+def leave_waiting(job_id: int, slice_start: str | datetime, message: str) -> None:
+    """Leave the slice waiting, with ``message``, for the reconciler to send it
+    again later; TargetUnavailable when the target cannot record it."""
+    settings = get_settings()
+    hour = parse_hour(slice_start)
+    log.warning("slice %s of job %s waits: %s", hour, job_id, message)
+    with target_errors(), target_engine().begin() as conn:
+        jobs.wait_slice(conn, job_id, hour, message, first_s=settings.etl_reconcile_every_s,
+                        max_s=settings.etl_wait_max_s)
+
+
+def requeue(job_id: int, slice_start: str | datetime, message: str) -> None:
+    """Record that the slice is queued again, for a retry, with ``message``."""
+    hour = parse_hour(slice_start)
+    with target_errors(), target_engine().begin() as conn:
+        jobs.requeue_slice(conn, job_id, hour, message)

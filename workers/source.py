@@ -24,12 +24,24 @@ _clients: dict[int, httpx.Client] = {}
 _DETAIL_CHARS = 200
 
 
+# PostgreSQL's JSON spells a float8 that is not finite as a string. Such a value
+# is a reading the sensor could not make: missing, like NULL, but counted.
+_NON_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
+_NUMERIC = frozenset({float, int, type(None)})
+
+
 @dataclass(frozen=True)
 class SliceData:
-    """Source rows of one slice as arrays: NaN where the source holds NULL."""
+    """Source rows of one slice as arrays: NaN where the source holds NULL.
+
+    A non-finite source value (NaN, Infinity, -Infinity) stays NaN or +/-inf in
+    its column, which the statistics ignore; ``ignored`` counts them over the
+    requested variables. NULLs are not counted.
+    """
 
     timestamps: np.ndarray  # datetime64[us]
     columns: dict[str, np.ndarray]
+    ignored: int = 0
 
     def __len__(self) -> int:
         return len(self.timestamps)
@@ -105,11 +117,19 @@ def _detail(response: httpx.Response) -> str:
 
 
 def parse_rows(body: bytes, *, hour: datetime, variables: Sequence[str]) -> SliceData:
-    """Arrays from a ``GET /data`` body; :class:`BadPayload` unless it is rows of the slice."""
+    """Arrays from a ``GET /data`` body; :class:`BadPayload` unless it is rows of the slice.
+
+    A value is a number, null, or one of the strings ``"NaN"``, ``"Infinity"``
+    and ``"-Infinity"`` (PostgreSQL's JSON for such a float8); anything else is
+    a malformed row.
+    """
     try:
         rows = orjson.loads(body)
         timestamps = np.array([r["timestamp"] for r in rows], dtype="datetime64[us]")
-        columns = {v: np.array([r[v] for r in rows], dtype=np.float64) for v in variables}
+        columns, ignored = {}, 0
+        for variable in variables:
+            columns[variable], non_finite = _column([r[variable] for r in rows])
+            ignored += non_finite
     except (orjson.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
         raise BadPayload(
             f"GET /data for {hour.isoformat()} returned malformed rows "
@@ -120,4 +140,28 @@ def parse_rows(body: bytes, *, hour: datetime, variables: Sequence[str]) -> Slic
         raise BadPayload(f"GET /data for {hour.isoformat()} returned a row without a timestamp")
     if len(timestamps) and (timestamps.min() < first or timestamps.max() >= end):
         raise BadPayload(f"GET /data for {hour.isoformat()} returned rows outside the hour")
-    return SliceData(timestamps, columns)
+    return SliceData(timestamps, columns, ignored)
+
+
+def _column(raw: list) -> tuple[np.ndarray, int]:
+    """One variable's values as floats, and how many of them are not finite.
+
+    NULL becomes NaN and is not counted. Raises ``TypeError`` or ``ValueError``
+    for a value that is not a number, null or a non-finite spelling.
+    """
+    # One pass over the types in C; strings (rare) are the only slow path.
+    kinds = set(map(type, raw))
+    nan_strings = 0
+    if not kinds <= _NUMERIC:
+        if not kinds <= _NUMERIC | {str}:
+            odd = next(k for k in kinds if k not in _NUMERIC and k is not str)
+            raise TypeError(f"a value of type {odd.__name__} is not a number")
+        strings = [v for v in raw if type(v) is str]
+        unknown = set(strings) - _NON_FINITE
+        if unknown:
+            raise ValueError(f"the string {min(unknown)!r} is not a number")
+        nan_strings = strings.count("NaN")
+    values = np.array(raw, dtype=np.float64)
+    # JSON numbers are never NaN, so a NaN is a NULL or a "NaN"; an infinity is
+    # an "Infinity", a "-Infinity" or (were a parser to allow it) a huge number.
+    return values, int(np.count_nonzero(np.isinf(values))) + nan_strings

@@ -2,21 +2,30 @@
 
 Windows are half-open ``[t, t + 10 min)``, aligned to the hour and labelled by
 their start ``t`` (what ``date_bin('10 minutes', ts, '2000-01-01')`` and pandas
-``resample('10min')`` do). NaN values are ignored; a window without a value has
-no statistics, one with a single value has no standard deviation (ddof=1).
+``resample('10min')`` do). The rules:
+
+- A missing value is ignored: NULL (NaN or None here) and every non-finite
+  value alike (NaN, +inf, -inf are readings a sensor could not make).
+- A window without a value has no statistics; one with a single value has
+  mean, min and max but no standard deviation (sample std, ddof=1).
+- Nothing overflows on the way: a window whose true mean or std is a finite
+  double gets it (the std of ``[1e300, -1e300]`` is ``1.414...e300``). Each
+  window is computed on its values scaled by a power of two, which is exact,
+  so for ordinary values the result is bit for bit the plain two-pass one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from math import isfinite
 from typing import NamedTuple
 
 import numpy as np
 
-STATS = ("mean", "min", "max", "std")
-WINDOW = np.timedelta64(10, "m")
+from windfarm.vocabulary import STATS, signal_name
+
 _WINDOW_US = np.int64(10 * 60 * 1_000_000)
 
 
@@ -46,27 +55,18 @@ class WindowStats:
         return len(self.start)
 
 
-def signal_name(variable: str, stat: str) -> str:
-    """The target's name for a statistic of a variable, e.g. ``power_std_10m``."""
-    return f"{variable}_{stat}_10m"
-
-
-def signal_names(variables: Sequence[str]) -> list[str]:
-    """Every signal the given variables produce."""
-    return [signal_name(v, s) for v in variables for s in STATS]
-
-
 def window_stats(timestamps: np.ndarray, values: np.ndarray) -> WindowStats:
     """Mean, min, max and sample std of ``values`` per 10-minute window.
 
     ``timestamps`` is anything numpy reads as ``datetime64`` (naive UTC) and
-    need not be sorted; ``values`` holds floats with NaN (or None) for gaps.
+    need not be sorted; ``values`` holds floats, any non-finite one (or None)
+    counting as missing.
     """
     ts = np.asarray(timestamps, dtype="datetime64[us]").astype(np.int64)
     vals = np.asarray(values, dtype=np.float64)
     if ts.shape != vals.shape or ts.ndim != 1:
         raise ValueError(f"timestamps {ts.shape} and values {vals.shape} must be equal 1-d shapes")
-    present = ~np.isnan(vals)
+    present = np.isfinite(vals)
     # Floor division also floors instants before 1970 correctly; the epoch
     # is on a whole hour, so the bins line up with the clock.
     bins, vals = ts[present] // _WINDOW_US, vals[present]
@@ -79,28 +79,52 @@ def window_stats(timestamps: np.ndarray, values: np.ndarray) -> WindowStats:
         return WindowStats(no_starts, no_counts, empty, empty, empty, empty)
     first = np.flatnonzero(np.concatenate(([True], bins[1:] != bins[:-1])))
     count = np.diff(np.append(first, len(vals)))
-    mean = np.add.reduceat(vals, first) / count
-    # Two passes (deviations from the window mean) keep the variance exact
-    # enough to match stddev_samp even for large, nearly constant values.
-    deviation = vals - np.repeat(mean, count)
-    squares = np.add.reduceat(deviation * deviation, first)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        std = np.where(count > 1, np.sqrt(squares / (count - 1)), np.nan)
+    low, high = np.minimum.reduceat(vals, first), np.maximum.reduceat(vals, first)
+    mean, std = _mean_std(vals, first, count, np.maximum(np.abs(low), np.abs(high)))
     return WindowStats(
         start=(bins[first] * _WINDOW_US).astype("datetime64[us]"),
         count=count,
         mean=mean,
-        min=np.minimum.reduceat(vals, first),
-        max=np.maximum.reduceat(vals, first),
+        min=low,
+        max=high,
         std=std,
     )
+
+
+def _mean_std(
+    vals: np.ndarray, first: np.ndarray, count: np.ndarray, magnitude: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample std (NaN for one value) of the finite ``vals`` per window.
+
+    Windows start at ``first``, hold ``count`` values and ``magnitude`` is the
+    largest absolute value of each.
+    """
+    # Scale each window by 2**-e so its largest magnitude lies in [0.5, 1):
+    # sums and squares of deviations then stay far from overflow. Scaling by
+    # a power of two is exact, so every operation below rounds exactly as on
+    # the unscaled values (barring subnormals), and 2**-2e has an exact square
+    # root: results scaled back are those of the plain formula where it does
+    # not overflow.
+    exponent = np.frexp(magnitude)[1]
+    scaled = np.ldexp(vals, np.repeat(-exponent, count))
+    mean = np.add.reduceat(scaled, first) / count
+    # Two passes (deviations from the window mean) keep the variance exact
+    # enough to match stddev_samp even for large, nearly constant values.
+    deviation = scaled - np.repeat(mean, count)
+    squares = np.add.reduceat(deviation * deviation, first)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        std = np.where(count > 1, np.sqrt(squares / (count - 1)), np.nan)
+    # Only a std beyond the largest double overflows here, and is then inf.
+    with np.errstate(over="ignore"):
+        return np.ldexp(mean, exponent), np.ldexp(std, exponent)
 
 
 def stat_rows(timestamps: np.ndarray, columns: Mapping[str, np.ndarray]) -> list[StatRow]:
     """The target rows for ``columns`` (variable name -> values at ``timestamps``).
 
-    Rows are ordered by signal then timestamp; NaN statistics (the std of a
-    one-value window) make no row.
+    Rows are ordered by signal then timestamp. A statistic that is no finite
+    double makes no row: the std of a one-value window (NaN), or a std beyond
+    the largest double (of values spanning nearly the whole float range).
     """
     rows: list[StatRow] = []
     for variable, values in columns.items():
@@ -111,6 +135,6 @@ def stat_rows(timestamps: np.ndarray, columns: Mapping[str, np.ndarray]) -> list
             column = getattr(stats, stat)
             rows.extend(
                 StatRow(t, name, float(v)) for t, v in zip(starts, column.tolist(), strict=True)
-                if v == v  # NaN is the only value not equal to itself
+                if isfinite(v)
             )
     return rows

@@ -1,23 +1,32 @@
-"""Write one slice's statistics to the target database.
+"""Write one slice's statistics to the target database, newest read winning.
 
 A slice write is idempotent in the strong sense: afterwards the target holds,
 for the slice's hour and the configured signals, exactly the rows given: new
 ones inserted, changed ones updated, rows of windows that lost their data
-deleted. Writers of the same hour take turns on a transaction-scoped advisory
-lock, so two runs at once neither deadlock nor leave a mixture of both.
+deleted.
+
+Copies of one hour (a redelivered message, two jobs over the same day) take
+turns on the hour's advisory lock, and a copy holds it from *before* it reads
+the source until its write has committed (:class:`HourSession`). So the copy
+that read the source last also writes last: statistics from an older read
+never overwrite those of a newer one, and the copies never deadlock or mix.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from windfarm import jobs
 from windfarm.db import autocommit
 from windfarm.timeutil import HOUR
+from workers.errors import EtlError
 from workers.stats import StatRow
 
 # The first key of the two-integer advisory lock space: "windfarm slice".
@@ -57,21 +66,28 @@ ON CONFLICT ("timestamp", signal_id) DO UPDATE SET value = EXCLUDED.value
  WHERE data.value IS DISTINCT FROM EXCLUDED.value
 """
 
-# Driver-level SQL (psycopg2 parameters), so that the lock, the write and the
-# slice's bookkeeping can travel as one multi-statement string.
-_LOCK_SQL = "SELECT pg_advisory_xact_lock(%(space)s, %(key)s)"
+# Driver-level SQL (psycopg2 parameters), so that several statements travel
+# as one string: one round trip each for the claim and for the write.
+_LOCK_SQL = "SELECT pg_advisory_lock(%(space)s, %(key)s)"
+_UNLOCK_SQL = "SELECT pg_advisory_unlock(%(space)s, %(key)s)"
+# Waits its turn on the hour, then claims the slice; the claim commits at once.
+_CLAIM_BATCH = ";\n".join((jobs.ASYNC_COMMIT_SQL, _LOCK_SQL, jobs.CLAIM_SQL))
 _WRITE_SQL = (
     f"EXECUTE {_PREPARED} (%(ts)s, %(ids)s, %(vals)s, %(start)s, %(end)s, %(signals)s)"
 )
-_BATCH_SQL = ";\n".join((jobs.ASYNC_COMMIT_SQL, _LOCK_SQL, _WRITE_SQL, jobs.COMPLETE_SLICE_SQL))
-
-
-def _prepare(conn: Connection) -> None:
-    """PREPARE the write on this database connection, once in its life."""
-    info = conn.connection.info
-    if not info.get(_PREPARED):
-        conn.exec_driver_sql(_PREPARE_SQL)
-        info[_PREPARED] = True
+# The rows and the slice's end commit together; the job is settled after that
+# commit, and the hour's lock released last.
+_COMMIT_BATCH = ";\n".join((
+    "BEGIN", jobs.ASYNC_COMMIT_SQL, _WRITE_SQL, jobs.COMPLETE_SQL, "COMMIT",
+    jobs.ASYNC_COMMIT_SQL, jobs.SETTLE_SQL, _UNLOCK_SQL,
+))
+_FAIL_BATCH = ";\n".join((
+    "BEGIN", jobs.ASYNC_COMMIT_SQL, jobs.FAIL_SQL, "COMMIT", jobs.ASYNC_COMMIT_SQL, jobs.SETTLE_SQL,
+))
+_HOLDS_STATISTICS = text(
+    'SELECT EXISTS (SELECT FROM data WHERE "timestamp" >= :start AND "timestamp" < :end '
+    "AND signal_id = ANY(:ids))"
+)
 
 
 def signal_ids(engine: Engine, names: Sequence[str]) -> dict[str, int]:
@@ -91,11 +107,6 @@ def signal_ids(engine: Engine, names: Sequence[str]) -> dict[str, int]:
     return {name: cached[name] for name in names}
 
 
-def forget_signal_ids() -> None:
-    """Drop the cache (a test that empties the ``signal`` table needs this)."""
-    _signal_ids.clear()
-
-
 def slice_lock_key(hour: datetime) -> int:
     """The second advisory-lock key of the slice starting at ``hour``."""
     return int((hour - datetime(1970, 1, 1)) // HOUR)
@@ -107,15 +118,13 @@ def _array(items) -> str:
     return "{" + ",".join(items) + "}"
 
 
-def _write_params(hour: datetime, rows: Sequence[StatRow], ids: dict[str, int]) -> dict:
+def _rows_params(hour: datetime, rows: Sequence[StatRow], ids: dict[str, int]) -> dict:
     end = hour + HOUR
     outside = [r for r in rows if not hour <= r.timestamp < end]
     if outside:
         raise ValueError(f"{len(outside)} row(s) outside the slice {hour.isoformat()}")
     ordered = sorted((r.timestamp, ids[r.signal], r.value) for r in rows)
     return {
-        "space": SLICE_LOCK_SPACE,
-        "key": slice_lock_key(hour),
         # repr() is the shortest text that reads back as the same double.
         "ts": _array(r[0].isoformat() for r in ordered),
         "ids": _array(str(r[1]) for r in ordered),
@@ -123,39 +132,92 @@ def _write_params(hour: datetime, rows: Sequence[StatRow], ids: dict[str, int]) 
         "start": hour,
         "end": end,
         "signals": _array(str(i) for i in sorted(ids.values())),
-        "rows": len(ordered),
+        "rows_written": len(ordered),
     }
 
 
-def write_slice(
-    conn: Connection, hour: datetime, rows: Sequence[StatRow], *, ids: dict[str, int]
-) -> int:
-    """Make the target's rows of ``[hour, hour + 1 h)`` for the signals in ``ids``
-    exactly ``rows``; the number of rows the hour now holds.
+class HourSession:
+    """One slice's turn on its hour: a connection that holds the hour's
+    session-level advisory lock from the claim until the result is committed.
 
-    Call it inside a transaction: the lock is held until that transaction ends.
+    Use it through :func:`hour_session`; the lock is released by the commit's
+    own round trip, or when the session ends however it ends.
     """
-    params = _write_params(hour, rows, ids)
-    _prepare(conn)
-    conn.exec_driver_sql(_LOCK_SQL, params)
-    conn.exec_driver_sql(_WRITE_SQL, params)
-    return params["rows"]
+
+    def __init__(self, conn: Connection, job_id: int, hour: datetime) -> None:
+        self.conn = conn
+        self.job_id = job_id
+        self.hour = hour
+        self.locked = False
+        self._params: dict[str, Any] = {
+            "space": SLICE_LOCK_SPACE, "key": slice_lock_key(hour),
+            "job_id": job_id, "slice_start": hour, "job_ids": [job_id],
+        }
+
+    def claim(self) -> jobs.Claim | None:
+        """Wait for the hour, then claim the slice (see ``jobs.CLAIM_SQL``)."""
+        row = self.conn.exec_driver_sql(_CLAIM_BATCH, self._params).first()
+        self.locked = True
+        return jobs.Claim(*row) if row else None
+
+    def holds_statistics(self, ids: dict[str, int]) -> bool:
+        """Whether the target holds statistics of the hour for these signals."""
+        return bool(self.conn.scalar(_HOLDS_STATISTICS, {
+            "start": self.hour, "end": self.hour + HOUR, "ids": sorted(ids.values())}))
+
+    def commit(self, rows: Sequence[StatRow], ids: dict[str, int], *, values_ignored: int) -> int:
+        """Make the hour's rows for the signals in ``ids`` exactly ``rows``, mark the
+        slice succeeded, settle its job and release the hour; the rows written."""
+        params = {**self._params, **_rows_params(self.hour, rows, ids),
+                  "values_ignored": values_ignored}
+        self._prepare()
+        self.conn.exec_driver_sql(_COMMIT_BATCH, params)
+        self.locked = False
+        return params["rows_written"]
+
+    def fail(self, message: str) -> None:
+        """Mark the slice failed for good (if still open) and settle its job."""
+        self.conn.exec_driver_sql(_FAIL_BATCH, {**self._params, "message": message})
+
+    def release(self) -> None:
+        if self.locked:
+            self.conn.exec_driver_sql(_UNLOCK_SQL, self._params)
+            self.locked = False
+
+    def _prepare(self) -> None:
+        """PREPARE the write on this database connection, once in its life."""
+        info = self.conn.connection.info
+        if not info.get(_PREPARED):
+            self.conn.exec_driver_sql(_PREPARE_SQL)
+            info[_PREPARED] = True
 
 
-def commit_slice(
-    engine: Engine, job_id: int, hour: datetime, rows: Sequence[StatRow], *, ids: dict[str, int]
-) -> int:
-    """:func:`write_slice` and the slice's ``succeeded`` mark, committed together in
-    one round trip; the number of rows the hour now holds.
+@contextmanager
+def hour_session(engine: Engine, job_id: int, hour: datetime) -> Iterator[HourSession]:
+    """An :class:`HourSession` on a connection of its own (autocommit).
 
-    The statements go as one string on a connection without an explicit
-    transaction; PostgreSQL runs such a string as one transaction, so either
-    all of it commits or none does, and the lock lasts until the end. The
-    commit does not wait for the WAL flush (see ``jobs.ASYNC_COMMIT_SQL``).
+    When the work ends with one of the pipeline's own errors (the API failed,
+    say) the connection is sound and the hour is handed back. Any other error
+    (the database, a time limit striking mid-statement) leaves the connection
+    in doubt: it is closed instead of pooled, and the server rolls back and
+    releases the lock with it.
     """
-    params = _write_params(hour, rows, ids)
-    params.update(job_id=job_id, slice_start=hour, rows_written=params["rows"])
     with autocommit(engine).connect() as conn:
-        _prepare(conn)
-        conn.exec_driver_sql(_BATCH_SQL, params)
-    return params["rows_written"]
+        session = HourSession(conn, job_id, hour)
+        try:
+            yield session
+        except EtlError:
+            _release_or_close(session)
+            raise
+        except BaseException:
+            conn.invalidate()
+            raise
+        _release_or_close(session)
+
+
+def _release_or_close(session: HourSession) -> None:
+    try:
+        session.release()
+    except DBAPIError:
+        session.conn.invalidate()
+        raise

@@ -1,47 +1,52 @@
 """The slice task. Thin: :func:`workers.run.run_slice` does the work; this
-module decides when to retry and when to give up.
+module decides when to retry and when to leave the slice waiting.
 
-Every way out leaves the slice accounted for: succeeded or failed with its
-reason in the database, or a retry message on the broker. A target database
-that is still down when the retries run out does not fail the slice: the
-outage says nothing about the slice, and nothing could be recorded anyway. The
-slice stays open and the reconciler sends it again once the target answers
-(after ``ETL_SLICE_TIMEOUT_S``), however long the outage lasted. The same
-happens when recording a failure is impossible because the target went down.
+Every way out leaves the slice accounted for in the database:
+
+- it ended (``succeeded``, or ``failed`` for a permanent cause: a 4xx, data
+  that cannot be processed, a bug);
+- a transient cause (API unreachable, 5xx, 429, timeouts, the target down)
+  put it back ``queued`` and a retry message is on its way, with Celery's
+  exponential backoff and full jitter;
+- its retries are spent: it is ``waiting``, with its last reason, and the
+  reconciler sends it again after a delay that grows with each wait, however
+  long the cause lasts. Transient causes never fail a slice;
+- the target itself is down, so nothing can be recorded: the slice stays
+  ``running``, and the reconciler sends it again once the target answers
+  (after ``ETL_SLICE_TIMEOUT_S`` without a sign of work).
 """
 
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Callable
+from contextlib import suppress
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
 
 from windfarm.config import get_settings
-from workers.celery_app import MAX_RETRY_DELAY_S, TASK_SOFT_TIME_LIMIT_S, app
+from windfarm.queue import MAX_RETRY_DELAY_S, SLICE_TASK, TASK_SOFT_TIME_LIMIT_S, app
 from workers.errors import TargetUnavailable, TransientError, describe
-from workers.run import give_up, run_slice
+from workers.run import leave_waiting, requeue, run_slice
 
 log = logging.getLogger(__name__)
 
-RETRY_BASE_S = 1.0
+RETRY_BASE_S = 1
 
 
-def retry_delay(retries: int, *, rand: Callable[[], float] = random.random) -> float:
-    """Seconds before retry number ``retries + 1``: exponential backoff, full jitter.
-
-    Uniform in ``[0, min(cap, base * 2**retries))``; the cap is
-    ``ETL_RETRY_BACKOFF_MAX_S``, never above what the visibility timeout allows.
-    """
-    cap = min(get_settings().etl_retry_backoff_max_s, MAX_RETRY_DELAY_S)
-    return rand() * min(cap, RETRY_BASE_S * 2 ** min(retries, 32))
+def retry_cap_s() -> int:
+    """The longest retry countdown: ``ETL_RETRY_BACKOFF_MAX_S``, but never so long
+    that a held retry could pass for a lost message (half ``ETL_SLICE_TIMEOUT_S``)
+    or outlast the broker's visibility timeout."""
+    settings = get_settings()
+    return max(1, int(min(settings.etl_retry_backoff_max_s, settings.etl_slice_timeout_s / 2,
+                          MAX_RETRY_DELAY_S)))
 
 
 # throws: a target outage that outlasts the retries is expected, not a bug;
 # Celery logs it in one line instead of a traceback.
-@app.task(name="workers.process_slice", bind=True, acks_late=True, max_retries=None,
+@app.task(name=SLICE_TASK, bind=True, acks_late=True, max_retries=None,
           throws=(TargetUnavailable,))
 def process_slice(self: Task, job_id: int, slice_start: str) -> int:
     """Process the slice ``slice_start`` (an ISO hour) of job ``job_id``; rows written."""
@@ -54,13 +59,19 @@ def process_slice(self: Task, job_id: int, slice_start: str) -> int:
         )
         retries = self.request.retries
         if retries >= get_settings().etl_max_retries:
-            if isinstance(exc, TargetUnavailable):
-                log.warning("slice %s of job %s: %s after %d attempts; left to the reconciler",
-                            slice_start, job_id, reason, retries + 1)
+            try:
+                leave_waiting(job_id, slice_start, f"{reason} (after {retries + 1} attempts)")
+            except TargetUnavailable:
+                log.warning("slice %s of job %s: %s after %d attempts, and the target cannot "
+                            "record it; left to the reconciler", slice_start, job_id, reason,
+                            retries + 1)
                 raise
-            give_up(job_id, slice_start, f"gave up after {retries + 1} attempts: {reason}")
             return 0
-        delay = retry_delay(retries)
-        log.warning("slice %s of job %s: %s; retry %d in %.1f s",
+        delay = get_exponential_backoff_interval(
+            RETRY_BASE_S, retries, retry_cap_s(), full_jitter=True)
+        log.warning("slice %s of job %s: %s; retry %d in %d s",
                     slice_start, job_id, reason, retries + 1, delay)
+        # When the target is down the slice stays running there; the retry comes anyway.
+        with suppress(TargetUnavailable):
+            requeue(job_id, slice_start, reason)
         raise self.retry(countdown=delay) from exc

@@ -97,9 +97,8 @@ def config() -> JSONResponse:
     first, last = _source_days()
     return JSONResponse({
         "token_required": settings.api_token is not None,
-        # None lets the page use port 5555 of the host it was loaded from. Read
-        # with getattr so a FLOWER_URL setting takes effect once Settings has one.
-        "flower_url": getattr(settings, "flower_url", None),
+        # None lets the page use port 5555 of the host it was loaded from.
+        "flower_url": settings.flower_url,
         "variables": list(settings.etl_variables),
         "data_max_days": settings.data_max_days,
         "jobs_max_days": settings.jobs_max_days,

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Query, Response
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from api.errors import problem_responses
-from api.params import IsoDateTime
-from windfarm.config import VARIABLES, get_settings
+from api.params import IsoDateTime, resolve_range
+from windfarm.config import get_settings
 from windfarm.db import autocommit, source_engine
-from windfarm.timeutil import end_of_day, to_utc
+from windfarm.vocabulary import VARIABLES
 
 router = APIRouter(tags=["data"])
 
@@ -47,23 +46,6 @@ def _read(query, params: dict):
         except DBAPIError as exc:
             if attempt == 2 or not exc.connection_invalidated:
                 raise
-
-
-def resolve_range(
-    start: datetime, end: datetime | None, max_days: int
-) -> tuple[datetime, datetime]:
-    """The UTC ``[start, end]`` a request asks for, or a 422 saying why not."""
-    start = to_utc(start)
-    end = end_of_day(start) if end is None else to_utc(end)
-    if end < start:
-        raise HTTPException(422, f"end {end.isoformat()} is before start {start.isoformat()}")
-    if end - start > timedelta(days=max_days):
-        raise HTTPException(
-            422,
-            f"the range {start.isoformat()} .. {end.isoformat()} is longer than "
-            f"{max_days} days (DATA_MAX_DAYS); ask for it in smaller pieces",
-        )
-    return start, end
 
 
 @router.get(

@@ -13,6 +13,8 @@ from api.errors import problem_responses
 from api.params import IsoDate
 from windfarm import jobs
 from windfarm.config import get_settings
+from windfarm.dispatch import submit_job
+from windfarm.models import JobStatus, Origin
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -44,17 +46,19 @@ class JobRequest(BaseModel):
     date: IsoDate | None = None
     start_date: IsoDate | None = None
     end_date: IsoDate | None = None
+    allow_empty: bool = Field(
+        False, description="let a slice erase an hour's statistics when the source now has "
+                           "no rows at all for it (otherwise such a slice fails)")
 
     @model_validator(mode="after")
     def _one_form(self) -> Self:
         if self.date is not None:
             if self.start_date is not None or self.end_date is not None:
                 raise ValueError("give either date or start_date and end_date, not both")
-            return self
-        if self.start_date is None or self.end_date is None:
+        elif self.start_date is None or self.end_date is None:
             raise ValueError("give date, or both start_date and end_date")
-        if self.end_date < self.start_date:
-            raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+        first, last = self.days()
+        jobs.check_days(first, last, max_days=get_settings().jobs_max_days)
         return self
 
     def days(self) -> tuple[dt.date, dt.date]:
@@ -64,38 +68,43 @@ class JobRequest(BaseModel):
         return self.start_date, self.end_date
 
 
-class SliceErrorOut(BaseModel):
+class SliceNoteOut(BaseModel):
     slice_start: UtcDateTime
     message: str
 
 
+class WaitingOut(SliceNoteOut):
+    retry_at: UtcDateTime | None = Field(description="when the reconciler sends it again")
+
+
 class JobOut(BaseModel):
     id: int
-    status: str = Field(description="queued, running, succeeded or failed")
-    origin: str = Field(description="api, cli, hourly or daily")
+    status: JobStatus = Field(description="queued, running, succeeded or failed")
+    origin: Origin
     start_date: dt.date
     end_date: dt.date
+    first_hour: UtcDateTime = Field(description="the first slice's hour")
+    last_hour: UtcDateTime = Field(description="the last slice's hour")
+    allow_empty: bool
     slices_total: int
     slices_succeeded: int
     slices_failed: int
-    slices_running: int
-    slices_pending: int = Field(description="slices not yet ended: queued or running")
+    slices_running: int = Field(description="slices a worker is processing now")
+    slices_waiting: int = Field(
+        description="slices whose retries are spent on a transient cause; sent again later")
+    slices_pending: int = Field(description="slices not yet ended: queued, running or waiting")
     rows_written: int
+    values_ignored: int = Field(description="non-finite source values treated as missing")
     created_at: UtcDateTime
     finished_at: UtcDateTime | None
-    errors: list[SliceErrorOut]
+    errors: list[SliceNoteOut] = Field(description="each failed slice with its reason")
+    waiting: list[WaitingOut] = Field(description="each waiting slice with its last reason")
 
     @classmethod
     def of(cls, view: jobs.JobView) -> JobOut:
-        data = {**view.__dict__, "errors": [e.__dict__ for e in view.errors]}
+        data = {**view.__dict__, "errors": [e.__dict__ for e in view.errors],
+                "waiting": [w.__dict__ for w in view.waiting]}
         return cls.model_validate(data)
-
-
-def _enqueue(job_id: int, starts: list[dt.datetime]) -> None:
-    # Imported here: the Celery app is only needed once a job is posted.
-    from workers.dispatch import enqueue_slices
-
-    enqueue_slices(job_id, starts)
 
 
 @router.post(
@@ -106,31 +115,22 @@ def _enqueue(job_id: int, starts: list[dt.datetime]) -> None:
     # 400: a body that is not text at all; 413: larger than api.limits allows.
     responses=problem_responses(400, 401, 413, 422),
 )
-def post_job(
-    request: JobRequest, conn: TargetConn, background: BackgroundTasks, response: Response
-) -> JobOut:
+def post_job(request: JobRequest, background: BackgroundTasks, response: Response) -> JobOut:
     """Store a job for the given days and enqueue its hour slices."""
     first, last = request.days()
-    max_days = get_settings().jobs_max_days
-    if (last - first).days + 1 > max_days:
-        raise HTTPException(
-            422, f"{first} .. {last} is more than {max_days} days (JOBS_MAX_DAYS); split it"
-        )
-    job_id = jobs.create_job(conn, origin="api", start_date=first, end_date=last)
-    assert job_id is not None
-    view = jobs.get_job(conn, job_id)
-    assert view is not None
-    conn.commit()
-    # The job is durable before the broker hears of it; sending happens after
-    # the response, and the reconciler sends whatever this misses.
-    background.add_task(_enqueue, job_id, jobs.job_slices(first, last))
-    response.headers["Location"] = f"/jobs/{job_id}"
+    # The job is committed (and its connection given back) before the broker
+    # hears of it; sending happens after the response, holding no connection,
+    # and the reconciler sends whatever that misses.
+    view = submit_job(origin=Origin.API, hours=jobs.job_slices(first, last),
+                      allow_empty=request.allow_empty, defer=background.add_task)
+    assert view is not None  # no dedupe key: always stored
+    response.headers["Location"] = f"/jobs/{view.id}"
     return JobOut.of(view)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=problem_responses(404, 422))
 def get_job(job_id: Annotated[int, Path(ge=1, le=MAX_JOB_ID)], conn: TargetConn) -> JobOut:
-    """One job with its progress and the errors of its failed slices."""
+    """One job with its progress, the errors of its failed slices and its waiting ones."""
     view = jobs.get_job(conn, job_id)
     if view is None:
         raise HTTPException(404, f"there is no job {job_id}")
@@ -139,7 +139,12 @@ def get_job(job_id: Annotated[int, Path(ge=1, le=MAX_JOB_ID)], conn: TargetConn)
 
 @router.get("", response_model=list[JobOut], responses=problem_responses(422))
 def list_jobs(
-    conn: TargetConn, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    conn: TargetConn,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    status: Annotated[JobStatus | None, Query(description="only jobs of this status")] = None,
+    origin: Annotated[Origin | None, Query(description="only jobs of this origin")] = None,
 ) -> list[JobOut]:
     """The newest jobs first."""
-    return [JobOut.of(v) for v in jobs.list_jobs(conn, limit=limit)]
+    views = jobs.list_jobs(conn, limit=limit, status=status and status.value,
+                           origin=origin and origin.value)
+    return [JobOut.of(v) for v in views]

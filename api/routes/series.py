@@ -11,17 +11,14 @@ from sqlalchemy import Connection, bindparam, text
 
 from api.deps import TargetConn
 from api.errors import problem_responses
-from api.params import IsoDateTime
-from api.routes.data import resolve_range
-from windfarm.config import VARIABLES, get_settings
+from api.params import IsoDateTime, resolve_range
+from windfarm.config import get_settings
+from windfarm.vocabulary import SPEC_SIGNALS
 
 router = APIRouter(tags=["statistics"])
 
-# The statistics and names the spec fixes (workers.stats holds the same list;
-# importing it here would load the Celery app into the API). A name of this set
-# is valid before any worker has written it: its series is just empty.
-STATS = ("mean", "min", "max", "std")
-SPEC_SIGNALS = frozenset(f"{v}_{s}_10m" for v in VARIABLES for s in STATS)
+# A name of SPEC_SIGNALS is valid before any worker has written it: its series
+# is just empty.
 MAX_SIGNALS = 12
 # Signal names become column labels of the generated query: only these characters.
 _NAME = re.compile(r"[A-Za-z0-9_]{1,100}")

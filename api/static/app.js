@@ -6,10 +6,12 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const SVG_NS = "http://www.w3.org/2000/svg";
-  const GLYPHS = { succeeded: "✓", failed: "✕", running: "↻", queued: "…", never_run: "·" };
+  const GLYPHS = {
+    succeeded: "✓", failed: "✕", running: "↻", queued: "…", waiting: "⏸", never_run: "·",
+  };
   const LABELS = {
     succeeded: "succeeded", failed: "failed", running: "running", queued: "queued",
-    never_run: "never run",
+    waiting: "waiting to be sent again", never_run: "never run",
   };
   const UNITS = { wind_speed: "m/s", power: "kW", ambient_temprature: "°C" };
   const TOKEN_KEY = "windfarm-etl.api-token";
@@ -174,8 +176,9 @@
     try {
       const partitions = await api(`partitions?${new URLSearchParams({ start_date: start, end_date: end })}`);
       renderGrid(partitions);
-      const open = partitions.days.some((d) => d.counts.running + d.counts.queued > 0);
-      say("grid-message", open ? "Some hours are queued or running; this view refreshes itself." : "");
+      const open = partitions.days.some(
+        (d) => d.counts.running + d.counts.queued + d.counts.waiting > 0);
+      say("grid-message", open ? "Some hours are queued, running or waiting; this view refreshes itself." : "");
       if (open && !state.jobTimer) state.refreshTimer = setTimeout(loadGrid, REFRESH_MS);
     } catch (error) {
       say("grid-message", `Could not load partitions: ${error.message}`, "error");
@@ -200,10 +203,14 @@
       ["Started", when(cell.started_at)],
       ["Finished", when(cell.finished_at)],
       ["Last success", when(cell.last_succeeded_at)],
+      ...(cell.state === "waiting" ? [["Sent again", when(cell.retry_at)]] : []),
     ];
     const list = el("dl");
     for (const [name, value] of rows) list.append(el("dt", { text: name }), el("dd", { text: String(value) }));
-    if (cell.error) list.append(el("dt", { text: "Error" }), el("dd", {}, el("pre", { text: cell.error })));
+    if (cell.error) {
+      const label = cell.state === "failed" ? "Error" : "Last reason";
+      list.append(el("dt", { text: label }), el("dd", {}, el("pre", { text: cell.error })));
+    }
     detail.replaceChildren(
       el("strong", { text: `${day} ${hh(hour)}:00–${hh(hour + 1)}:00 UTC — ${LABELS[cell.state]}` }), list);
     detail.hidden = false;
@@ -239,7 +246,9 @@
       "aria-label": `job ${job.id}: ${ended} of ${job.slices_total} slices ended` });
     const counts = el("p", { class: "counts", text:
       `${job.slices_succeeded} of ${job.slices_total} slices succeeded · ${job.slices_failed} failed · ` +
-      `${job.slices_running} running · ${job.slices_pending - job.slices_running} waiting · ` +
+      `${job.slices_running} running · ` +
+      `${job.slices_pending - job.slices_running - job.slices_waiting} queued · ` +
+      `${job.slices_waiting} waiting · ` +
       `${job.rows_written.toLocaleString("en")} rows written` });
     const parts = [head, bar, counts];
     if (job.errors.length) {
