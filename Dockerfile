@@ -23,14 +23,16 @@ RUN groupadd --system --gid 10001 windfarm \
 
 WORKDIR /app
 
-# Dependencies first, from pyproject.toml alone, so that this (slow) layer is
-# rebuilt only when the dependencies change, not on every code edit. The build
-# backend is installed too: the package install below then needs no network.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); print('\n'.join(p['build-system']['requires'] + p['project']['dependencies']))" \
-        > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt
+# Dependencies first, from the lock file alone (pinned, with hashes: the image
+# gets exactly what the tests ran with), so that this (slow) layer is rebuilt
+# only when the dependencies change, not on every code edit. The build backend
+# is installed too: the package install below then needs no network.
+COPY requirements.lock pyproject.toml ./
+RUN pip install --require-hashes -r requirements.lock \
+ && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))" \
+        > /tmp/build-requirements.txt \
+ && pip install -r /tmp/build-requirements.txt \
+ && rm /tmp/build-requirements.txt
 
 # Then the code (README.md because pyproject.toml names it as the readme). It
 # stays owned by root: the app user can read it, not change it.
@@ -45,4 +47,4 @@ RUN pip install --no-deps --no-build-isolation . \
 USER 10001:10001
 
 EXPOSE 8000 5555
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "api.serve", "--host", "0.0.0.0", "--port", "8000"]

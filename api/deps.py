@@ -1,17 +1,28 @@
-"""Request dependencies: a target-database connection and the token check."""
+"""Request dependencies: database connections and the token check.
+
+Each yields its connection back to the pool when the request's response has
+been sent. No route that has background tasks uses them: ``POST /jobs`` takes
+its connection itself and gives it back before sending (see
+``windfarm.dispatch.submit_job``), so no request ever holds a pooled
+connection while something it started waits for another.
+"""
 
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 from windfarm.config import get_settings
-from windfarm.db import target_engine
+from windfarm.db import source_reader, target_engine
+
+log = logging.getLogger(__name__)
 
 _bearer = HTTPBearer(auto_error=False, description="API_TOKEN, when the service has one")
 
@@ -19,6 +30,24 @@ _bearer = HTTPBearer(auto_error=False, description="API_TOKEN, when the service 
 def get_target() -> Iterator[Connection]:
     """A target connection whose transaction commits when the request succeeds."""
     with target_engine().begin() as conn:
+        yield conn
+
+
+def get_source() -> Iterator[Connection]:
+    """A source connection for reads, each its own round trip (autocommit)."""
+    with source_reader().connect() as conn:
+        yield conn
+
+
+def get_source_if_up() -> Iterator[Connection | None]:
+    """Like :func:`get_source`, or None while the source does not answer."""
+    try:
+        conn = source_reader().connect()
+    except DBAPIError as exc:
+        log.warning("source database unreachable: %s", type(exc).__name__)
+        yield None
+        return
+    with conn:
         yield conn
 
 
@@ -40,4 +69,6 @@ def require_token(
 
 
 TargetConn = Annotated[Connection, Depends(get_target)]
+SourceConn = Annotated[Connection, Depends(get_source)]
+SourceConnIfUp = Annotated[Connection | None, Depends(get_source_if_up)]
 Authorized = Depends(require_token)

@@ -38,7 +38,8 @@ def seed(url: str, *, start: date | None = None, end: date | None = None) -> int
             # as one simple query through the DBAPI cursor.
             cursor = conn.connection.cursor()
             cursor.execute(source_sql())
-            inserted = cursor.fetchone()[0]
+            row = cursor.fetchone()
+            inserted = row[0] if row else 0
             if start is not None and end is not None:
                 inserted += conn.scalar(
                     text("SELECT windfarm_fill(:first, :last)"),
@@ -75,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inserted = seed(url, start=args.start, end=args.end)
     except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not trace back
-        print(f"seed_source: cannot seed the source database: {exc.__class__.__name__}: "
-              f"{str(exc).splitlines()[0]}", file=sys.stderr)
+        print(
+            f"seed_source: cannot seed the source database: {exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0]}",
+            file=sys.stderr,
+        )
         return 1
     took = time.perf_counter() - began
     print(f"seed_source: {inserted} rows inserted in {took:.1f} s")

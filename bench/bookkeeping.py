@@ -78,8 +78,11 @@ SELECT j.id, h,
 def fill(engine: Engine, *, backfills: int = 110) -> int:
     """Fill an empty target's bookkeeping; the slice rows it holds afterwards."""
     with engine.begin() as conn:
-        conn.exec_driver_sql(_FILL.format(first=YEAR_FIRST, last=YEAR_LAST).replace(
-            ":backfills", str(int(backfills))))
+        conn.exec_driver_sql(
+            _FILL.format(first=YEAR_FIRST, last=YEAR_LAST).replace(
+                ":backfills", str(int(backfills))
+            )
+        )
         conn.exec_driver_sql(_OPEN.format(first=YEAR_FIRST, last=YEAR_LAST))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE etl_job")
@@ -107,16 +110,21 @@ def measure(api_url: str, engine: Engine, *, requests: int = 100) -> dict:
             "GET /jobs (limit 50)": lambda: _timed(client, "/jobs", {"limit": 50}),
             "GET /jobs/{id}": lambda: _timed(client, f"/jobs/{rng.choice(ids)}"),
             "GET /jobs/{id} (open, 8760 slices)": lambda: _timed(
-                client, f"/jobs/{rng.choice(open_ids)}"),
+                client, f"/jobs/{rng.choice(open_ids)}"
+            ),
             "GET /partitions (a year)": lambda: _timed(
-                client, "/partitions", {"start_date": YEAR_FIRST, "end_date": YEAR_LAST}),
+                client, "/partitions", {"start_date": YEAR_FIRST, "end_date": YEAR_LAST}
+            ),
         }
         for label, call in cases.items():
             call()  # warm
             rounds = requests if "partitions" not in label else max(5, requests // 10)
             times = [call() for _ in range(rounds)]
-            out[label] = {"p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
-                          "requests": rounds}
+            out[label] = {
+                "p50_ms": percentile(times, 50),
+                "p99_ms": percentile(times, 99),
+                "requests": rounds,
+            }
     return out
 
 
@@ -125,6 +133,13 @@ def reconcile_pass(engine: Engine) -> float:
     from scheduler.reconcile import reconcile
 
     began = time.perf_counter()
-    reconcile(engine, timeout_s=300, lookback_s=130, bulk_empty=False, priority_empty=False,
-              retention_days=36500, send=lambda *a, **k: 0)
+    reconcile(
+        engine,
+        timeout_s=300,
+        lookback_s=130,
+        bulk_empty=False,
+        priority_empty=False,
+        retention_days=36500,
+        send=lambda *a, **k: 0,
+    )
     return (time.perf_counter() - began) * 1000

@@ -2,20 +2,28 @@
 
 1. Seeds a benchmark source of its own (``--days``, from 2025-12-01) with the
    project's generator, and an empty target.
-2. Starts the real stack: the API (uvicorn), ``--workers`` Celery worker
-   processes, on the running PostgreSQL and Redis.
+2. Measures how fast one process publishes the job's slice messages (the
+   enqueue rate), then starts the real stack: the API (uvicorn) and
+   ``--nodes`` Celery worker nodes of ``--workers`` pool processes each, on
+   the running PostgreSQL and Redis.
 3. Posts one backfill job and measures, from ``POST /jobs`` to the job's end:
-   wall time, slices/s, source rows/s, per-slice latency p50/p95/p99.
-   Each worker count first runs a one-day job that is not measured: the
+   wall time, slices/s, source rows/s, per-slice latency p50/p95/p99 (claim
+   to commit) and time in the queue, the CPU each component spent per slice
+   (API, workers, Redis, PostgreSQL, read from /proc) and the Redis commands
+   per slice. Each run first runs a one-day job that is not measured: the
    figures are those of running workers, not of their first connections.
 4. Measures ``GET /data`` for one hour and one day: sequential p50/p99 and
    requests/s with concurrent clients.
-5. Runs the same days through ``python -m workers.etl`` in one process.
-6. Checks the target against PostgreSQL's own aggregation, prints a table and
+5. Measures the bookkeeping reads over about a million slice rows
+   (``bench/bookkeeping.py``).
+6. Runs the same days through ``python -m workers.etl`` in one process.
+7. Checks the target against PostgreSQL's own aggregation, prints tables and
    writes the figures as JSON, with an SVG chart of throughput against worker
-   processes; drops its databases and queue.
+   processes; drops its databases and queues, also when stopped by Ctrl-C or
+   SIGTERM.
 
     python -m bench.run --days 365 --workers 1,2,4     # make bench DAYS=365 WORKERS=1,2,4
+    python -m bench.run --workers 1 --nodes 1,2         # make bench WORKERS=1 NODES=1,2
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -33,14 +42,18 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from bench import procs
 from windfarm.models import OPEN_STATES, sql_list
 
 FIRST_DAY = date(2025, 12, 1)
 PG_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+BROKERS = {"redis": REDIS_URL, "amqp": AMQP_URL}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -69,6 +82,9 @@ class Stack:
         self.queue = f"etl-bench-{run}"
         self.days = days
         self.procs: list = []
+        self.log_dir = procs.scratch_dir()
+        self.broker = "redis"
+        self.brokers_used = {"redis"}
         self.env = {
             **os.environ,
             "SOURCE_DATABASE_URL": self.source_url,
@@ -78,9 +94,17 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
         }
         self.env.pop("API_TOKEN", None)
-        os.environ.update({k: self.env[k] for k in
-                           ("SOURCE_DATABASE_URL", "TARGET_DATABASE_URL",
-                            "CELERY_BROKER_URL", "ETL_QUEUE")})
+        os.environ.update(
+            {
+                k: self.env[k]
+                for k in (
+                    "SOURCE_DATABASE_URL",
+                    "TARGET_DATABASE_URL",
+                    "CELERY_BROKER_URL",
+                    "ETL_QUEUE",
+                )
+            }
+        )
 
     @property
     def last_day(self) -> date:
@@ -97,27 +121,51 @@ class Stack:
         return time.perf_counter() - began
 
     def start_api(self, api_workers: int):
-        from tests.procs import run_api
-
         env = dict(self.env)
         if api_workers > 1:
             env["WEB_CONCURRENCY"] = str(api_workers)
-        api = run_api(env, timeout=60)
+        api = procs.start_api(env, self.log_dir)
         self.procs.append(api)
         self.env["API_BASE_URL"] = api.url
         return api
 
-    def start_workers(self, concurrency: int):
-        from tests.procs import run_worker
-
-        worker = run_worker(self.env, concurrency=concurrency, timeout=60)
-        self.procs.append(worker)
-        return worker
+    def start_workers(self, concurrency: int, nodes: int = 1) -> list:
+        """``nodes`` separate worker nodes of ``concurrency`` pool processes each."""
+        started = [
+            procs.start_worker(
+                self.env, self.log_dir, name=f"worker{i + 1}", concurrency=concurrency
+            )
+            for i in range(nodes)
+        ]
+        self.procs.extend(started)
+        return started
 
     def stop_workers(self) -> None:
         for proc in [p for p in self.procs if p.name.startswith("worker")]:
             proc.stop()
             self.procs.remove(proc)
+
+    def use_broker(self, broker: str) -> None:
+        """Point the processes started from now on (and this one) at ``broker``."""
+        self.broker = broker
+        self.env["CELERY_BROKER_URL"] = os.environ["CELERY_BROKER_URL"] = BROKERS[broker]
+        from windfarm.config import get_settings
+
+        get_settings.cache_clear()
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds spent so far by each component of the stack."""
+        mine = {"api": [], "workers": []}
+        for proc in self.procs:
+            mine["api" if proc.name == "api" else "workers"].extend(procs.tree(proc.popen.pid))
+        return {
+            "api": procs.cpu_seconds(mine["api"]),
+            "workers": procs.cpu_seconds(mine["workers"]),
+            "broker": procs.cpu_seconds(
+                procs.named("redis-server" if self.broker == "redis" else "beam.smp")
+            ),
+            "postgresql": procs.cpu_seconds(procs.named("postgres")),
+        }
 
     def reset_target(self) -> None:
         with create_engine(self.target_url, poolclass=NullPool).begin() as conn:
@@ -132,32 +180,69 @@ class Stack:
         try:
             began = time.perf_counter()
             rows = bookkeeping.fill(engine)
-            figures = {"slice_rows": rows, "fill_s": time.perf_counter() - began,
-                       "reads": bookkeeping.measure(api_url, engine),
-                       "reconcile_pass_ms": bookkeeping.reconcile_pass(engine)}
+            figures = {
+                "slice_rows": rows,
+                "fill_s": time.perf_counter() - began,
+                "reads": bookkeeping.measure(api_url, engine),
+                "reconcile_pass_ms": bookkeeping.reconcile_pass(engine),
+            }
         finally:
             engine.dispose()
         self.reset_target()
         return figures
 
     def close(self) -> None:
-        from tests.procs import purge_queue
         from windfarm.db import dispose_engines, drop_database
 
         for proc in reversed(self.procs):
             proc.stop()
-        purge_queue(REDIS_URL, self.queue)
+        for broker in self.brokers_used:
+            purge(self.queue, broker)
         dispose_engines()
         drop_database(self.source_url)
         drop_database(self.target_url)
+
+
+def purge(queue: str, broker: str = "redis") -> None:
+    """Delete the benchmark's queues (both lanes) from the broker."""
+    if broker == "redis":
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            client.delete(queue, f"{queue}.priority")
+        finally:
+            client.close()
+        return
+    from kombu import Connection
+
+    with Connection(BROKERS[broker], connect_timeout=5) as conn:
+        for name in (queue, f"{queue}.priority"):
+            channel = conn.channel()
+            try:
+                channel.queue_delete(name)
+            except Exception:  # noqa: BLE001 - a queue never declared is fine
+                pass
+            finally:
+                channel.close()
+
+
+def broker_calls(broker: str) -> int | None:
+    """Commands the Redis server has run so far (None for another broker)."""
+    if broker != "redis":
+        return None
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return sum(stats["calls"] for stats in client.info("commandstats").values())
+    finally:
+        client.close()
 
 
 def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict:
     """POST one job for the first ``days`` (default: every day) and wait for its end;
     the figures."""
     last = FIRST_DAY + timedelta(days=days - 1) if days else stack.last_day
-    body = {"start_date": FIRST_DAY.isoformat(), "end_date": last.isoformat()}
+    body = {"start_date": FIRST_DAY.isoformat(), "end_date": last.isoformat(), "force": True}
     engine = create_engine(stack.target_url, poolclass=NullPool)
+    cpu_before, calls_before = stack.cpu(), broker_calls(stack.broker)
     with httpx.Client(base_url=api_url, timeout=120) as client:
         began = time.perf_counter()
         job = client.post("/jobs", json=body).json()
@@ -166,23 +251,37 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
         with engine.connect() as conn:
             while True:
                 open_slices = conn.execute(
-                    text(f"SELECT count(*) FROM etl_slice WHERE job_id = :j "
-                         f"AND state IN {sql_list(OPEN_STATES)}"), {"j": job_id}).scalar()
+                    text(
+                        f"SELECT count(*) FROM etl_slice WHERE job_id = :j "
+                        f"AND state IN {sql_list(OPEN_STATES)}"
+                    ),
+                    {"j": job_id},
+                ).scalar()
                 conn.commit()
                 if open_slices == 0:
                     break
                 time.sleep(0.02)
         wall = time.perf_counter() - began
         final = client.get(f"/jobs/{job_id}").json()
+    cpu_after, calls_after = stack.cpu(), broker_calls(stack.broker)
     with engine.connect() as conn:
-        latencies = [r[0] for r in conn.execute(text(
-            "SELECT (extract(epoch FROM finished_at - started_at) * 1000)::float8 FROM etl_slice "
-            "WHERE job_id = :j"), {"j": job_id})]
+        timings = conn.execute(
+            text(
+                "SELECT (extract(epoch FROM finished_at - started_at) * 1000)::float8, "
+                "(extract(epoch FROM started_at - enqueued_at) * 1000)::float8 FROM etl_slice "
+                "WHERE job_id = :j"
+            ),
+            {"j": job_id},
+        ).all()
     engine.dispose()
+    latencies = [t[0] for t in timings]
+    waits = [t[1] for t in timings]
     source_rows = _scalar(
         stack.source_url,
-        "SELECT count(*) FROM data WHERE \"timestamp\" >= :first AND \"timestamp\" < :end",
-        first=FIRST_DAY, end=last + timedelta(days=1))[0]
+        'SELECT count(*) FROM data WHERE "timestamp" >= :first AND "timestamp" < :end',
+        first=FIRST_DAY,
+        end=last + timedelta(days=1),
+    )[0]
     slices = final["slices_total"]
     return {
         "job_status": final["status"],
@@ -193,7 +292,16 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
         "slice_ms_p50": percentile(latencies, 50),
         "slice_ms_p95": percentile(latencies, 95),
         "slice_ms_p99": percentile(latencies, 99),
+        "queue_wait_ms_p50": percentile(waits, 50),
+        "queue_wait_ms_p95": percentile(waits, 95),
         "rows_written": final["rows_written"],
+        "broker": stack.broker,
+        "redis_commands_per_slice": (calls_after - calls_before) / slices
+        if calls_before is not None
+        else None,
+        "cpu_ms_per_slice": {
+            part: (cpu_after[part] - cpu_before[part]) * 1000 / slices for part in cpu_after
+        },
     }
 
 
@@ -203,21 +311,26 @@ def oracle_rows(stack: Stack) -> int:
     there): per window and variable, mean/min/max when it has a value, std when
     it has two."""
     per_variable = " + ".join(
-        f"(count({v}) > 0)::int * 3 + (count({v}) > 1)::int" for v in ("wind_speed", "power"))
+        f"(count({v}) > 0)::int * 3 + (count({v}) > 1)::int" for v in ("wind_speed", "power")
+    )
     return _scalar(
         stack.source_url,
         f"SELECT coalesce(sum(n), 0) FROM (SELECT {per_variable} AS n FROM data "
-        "WHERE \"timestamp\" >= :first AND \"timestamp\" < :end "
+        'WHERE "timestamp" >= :first AND "timestamp" < :end '
         "GROUP BY date_bin('10 minutes', \"timestamp\", '2000-01-01')) w",
-        first=FIRST_DAY, end=stack.last_day + timedelta(days=1),
+        first=FIRST_DAY,
+        end=stack.last_day + timedelta(days=1),
     )[0]
 
 
 def bench_data(api_url: str, *, requests: int, clients: int, seconds: float) -> dict:
     """``GET /data`` for one hour and one day: sequential latency, then throughput."""
     shapes = {
-        "hour": {"start": "2025-12-05T03:00:00", "end": "2025-12-05T03:59:59.999999",
-                 "variables": ["wind_speed", "power"]},
+        "hour": {
+            "start": "2025-12-05T03:00:00",
+            "end": "2025-12-05T03:59:59.999999",
+            "variables": ["wind_speed", "power"],
+        },
         "day": {"start": "2025-12-05T00:00:00"},
     }
     out: dict[str, dict] = {}
@@ -267,9 +380,19 @@ def run_cli(stack: Stack) -> dict:
     stack.reset_target()
     began = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "workers.etl", "--start", FIRST_DAY.isoformat(),
-         "--end", stack.last_day.isoformat()],
-        env=stack.env, capture_output=True, text=True, timeout=3600,
+        [
+            sys.executable,
+            "-m",
+            "workers.etl",
+            "--start",
+            FIRST_DAY.isoformat(),
+            "--end",
+            stack.last_day.isoformat(),
+        ],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
     wall = time.perf_counter() - began
     if result.returncode != 0:
@@ -287,33 +410,68 @@ def machine() -> dict:
     except OSError:
         pass
     pg = _scalar(f"{PG_URL}/postgres", "SHOW server_version")[0]
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "postgresql": pg, "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "postgresql": pg,
+        "platform": platform.platform(),
+    }
 
 
 def print_table(figures: dict) -> None:
     print()
-    print(f"windfarm-etl benchmark: {figures['days']} days, {figures['slices']} slices, "
-          f"{figures['machine']['cores']} cores ({figures['machine']['cpu']})")
-    print(f"{'run':<28}{'wall s':>9}{'slices/s':>10}{'rows/s':>11}"
-          f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'warm-up s':>11}")
+    print(
+        f"windfarm-etl benchmark: {figures['days']} days, {figures['slices']} slices, "
+        f"{figures['machine']['cores']} cores ({figures['machine']['cpu']})"
+    )
+    if enqueue := figures.get("enqueue"):
+        print(
+            f"enqueue: {enqueue['messages']} messages in {enqueue['seconds']:.2f} s, "
+            f"{enqueue['messages_per_s']:,.0f} messages/s"
+        )
+    print(
+        f"{'run':<28}{'wall s':>9}{'slices/s':>10}{'rows/s':>11}"
+        f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'wait p50':>10}{'warm-up s':>11}"
+    )
     for run in figures["backfills"]:
-        print(f"{'celery, ' + str(run['workers']) + ' worker proc(s)':<28}{run['wall_s']:>9.2f}"
-              f"{run['slices_per_s']:>10.0f}{run['source_rows_per_s']:>11.0f}"
-              f"{run['slice_ms_p50']:>9.1f}{run['slice_ms_p95']:>9.1f}{run['slice_ms_p99']:>9.1f}"
-              f"{run['warmup_s']:>11.2f}")
+        label = f"{run['broker']}, {run['nodes']} node(s), {run['workers']} proc(s)"
+        print(
+            f"{label:<28}{run['wall_s']:>9.2f}"
+            f"{run['slices_per_s']:>10.0f}{run['source_rows_per_s']:>11.0f}"
+            f"{run['slice_ms_p50']:>9.1f}{run['slice_ms_p95']:>9.1f}{run['slice_ms_p99']:>9.1f}"
+            f"{run['queue_wait_ms_p50']:>10.0f}{run['warmup_s']:>11.2f}"
+        )
     if cli := figures.get("cli"):
         print(f"{'workers.etl, one process':<28}{cli['wall_s']:>9.2f}{cli['slices_per_s']:>10.0f}")
     print()
+    print(
+        f"{'CPU ms per slice':<28}{'api':>9}{'workers':>9}{'broker':>9}{'postgres':>9}"
+        f"{'total':>9}{'redis cmds':>12}"
+    )
+    for run in figures["backfills"]:
+        cpu = run["cpu_ms_per_slice"]
+        label = f"{run['broker']}, {run['nodes']} node(s), {run['workers']} proc(s)"
+        commands = run["redis_commands_per_slice"]
+        print(
+            f"{label:<28}{cpu['api']:>9.2f}{cpu['workers']:>9.2f}{cpu['broker']:>9.2f}"
+            f"{cpu['postgresql']:>9.2f}{sum(cpu.values()):>9.2f}"
+            f"{'' if commands is None else format(commands, '.1f'):>12}"
+        )
+    print()
     print(f"{'GET /data':<12}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}  (concurrent clients)")
     for label, row in figures["data_api"].items():
-        print(f"{label:<12}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
-              f"{row['requests_per_s']:>9.0f}  ({row['concurrent_clients']}, "
-              f"{row['errors']} errors)")
+        print(
+            f"{label:<12}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
+            f"{row['requests_per_s']:>9.0f}  ({row['concurrent_clients']}, "
+            f"{row['errors']} errors)"
+        )
     if book := figures.get("bookkeeping"):
         print()
-        print(f"{'bookkeeping, ' + format(book['slice_rows'], ',') + ' slice rows':<40}"
-              f"{'p50 ms':>9}{'p99 ms':>9}")
+        print(
+            f"{'bookkeeping, ' + format(book['slice_rows'], ',') + ' slice rows':<40}"
+            f"{'p50 ms':>9}{'p99 ms':>9}"
+        )
         for label, row in book["reads"].items():
             print(f"{label:<40}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}")
         print(f"{'a reconciler pass (nothing to send)':<40}{book['reconcile_pass_ms']:>9.2f}")
@@ -336,7 +494,7 @@ def throughput_svg(figures: dict) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         'font-family="sans-serif" font-size="12">',
         f'<text x="{left}" y="18" font-weight="bold">slices/s by worker processes: '
-        f'{figures["days"]} days, {figures["machine"]["cores"]} cores</text>',
+        f"{figures['days']} days, {figures['machine']['cores']} cores</text>",
         f'<line x1="{left}" y1="{y(0)}" x2="{width - 20}" y2="{y(0)}" stroke="#333"/>',
     ]
     for i, run in enumerate(runs):
@@ -353,51 +511,139 @@ def throughput_svg(figures: dict) -> str:
             f'<line x1="{left}" y1="{y(cli):.1f}" x2="{width - 20}" y2="{y(cli):.1f}" '
             'stroke="#d55e00" stroke-dasharray="5,4"/>',
             f'<text x="{left}" y="38" fill="#d55e00">- - - workers.etl in one process: '
-            f'{cli:.0f} slices/s</text>',
+            f"{cli:.0f} slices/s</text>",
         ]
     parts += [f'<text x="{left + 30}" y="{height - 6}">worker processes</text>', "</svg>"]
     return "\n".join(parts) + "\n"
 
 
+def measure_backfill(stack: Stack, api_url: str, *, nodes: int, count: int, expected: int) -> dict:
+    """One backfill through ``nodes`` worker nodes of ``count`` processes, after
+    an unmeasured one-day warm-up; checked against the oracle's row count."""
+    stack.start_workers(count, nodes)
+    warmup = run_backfill(stack, api_url, days=1)
+    stack.reset_target()
+    run = run_backfill(stack, api_url)
+    run.update(
+        warmup_s=warmup["wall_s"], workers=count * nodes, nodes=nodes, rows_expected=expected
+    )
+    if run["job_status"] != "succeeded" or run["rows_written"] != expected:
+        raise RuntimeError(f"backfill wrong: {run}")
+    print(
+        f"  {stack.broker}, {nodes} node(s) x {count} process(es): {run['wall_s']:.2f} s, "
+        f"{run['slices_per_s']:.0f} slices/s",
+        flush=True,
+    )
+    stack.stop_workers()
+    return run
+
+
+def measure_enqueue(stack: Stack) -> dict:
+    """Publish a job's worth of slice messages from this process to a scratch
+    queue, as the API's background send does; messages per second."""
+    from windfarm.dispatch import publish
+    from windfarm.jobs import job_slices
+
+    hours = job_slices(FIRST_DAY, stack.last_day)
+    scratch = f"{stack.queue}-enqueue"
+    os.environ["ETL_QUEUE"] = scratch
+    from windfarm.config import get_settings
+
+    get_settings.cache_clear()
+    try:
+        publish(0, hours[:10])  # warm: connection and producer
+        began = time.perf_counter()
+        sent = publish(0, hours)
+        took = time.perf_counter() - began
+    finally:
+        purge(scratch)
+        os.environ["ETL_QUEUE"] = stack.queue
+        get_settings.cache_clear()
+    return {"messages": sent, "seconds": took, "messages_per_s": sent / took}
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the run like Ctrl-C: every process started is stopped and
+    the databases dropped on the way out."""
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--days", type=int, default=int(os.environ.get("DAYS", "10")))
-    parser.add_argument("--workers", default=os.environ.get("WORKERS", "2"),
-                        help="worker processes; a comma list (1,2,4) measures each")
+    parser.add_argument(
+        "--workers",
+        default=os.environ.get("WORKERS", "2"),
+        help="pool processes per worker node; a comma list (1,2,4) measures each",
+    )
+    parser.add_argument(
+        "--nodes",
+        default=os.environ.get("NODES", "1"),
+        help="separate worker nodes; a comma list (1,2) measures each",
+    )
     parser.add_argument("--api-workers", type=int, default=int(os.environ.get("API_WORKERS", "1")))
+    parser.add_argument(
+        "--broker",
+        default=os.environ.get("BROKER", "redis"),
+        help="redis, amqp (RabbitMQ), or both side by side: redis,amqp",
+    )
     parser.add_argument("--clients", type=int, default=4, help="concurrent GET /data clients")
-    parser.add_argument("--no-cli", action="store_true", help="skip the one-process comparison")
-    parser.add_argument("--no-bookkeeping", action="store_true",
-                        help="skip the reads over a million slice rows")
+    parser.add_argument(
+        "--no-cli",
+        action="store_true",
+        default=bool(os.environ.get("BENCH_NO_CLI")),
+        help="skip the one-process comparison (or BENCH_NO_CLI=1)",
+    )
+    parser.add_argument(
+        "--no-bookkeeping",
+        action="store_true",
+        default=bool(os.environ.get("BENCH_NO_BOOKKEEPING")),
+        help="skip the reads over a million slice rows (or BENCH_NO_BOOKKEEPING=1)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
     counts = [int(n) for n in str(args.workers).split(",")]
+    node_counts = [int(n) for n in str(args.nodes).split(",")]
+    _stop_on_sigterm()
     stack = Stack(args.days)
-    figures: dict = {"days": args.days, "slices": 24 * args.days, "machine": machine(),
-                     "when": datetime.now().isoformat(timespec="seconds"), "backfills": []}
+    figures: dict = {
+        "days": args.days,
+        "slices": 24 * args.days,
+        "machine": machine(),
+        "when": datetime.now().isoformat(timespec="seconds"),
+        "backfills": [],
+    }
     try:
         figures["seed_s"] = stack.seed()
         api = stack.start_api(args.api_workers)
         expected = oracle_rows(stack)
-        for count in counts:
-            stack.start_workers(count)
-            warmup = run_backfill(stack, api.url, days=1)
-            stack.reset_target()
-            run = run_backfill(stack, api.url)
-            run["warmup_s"] = warmup["wall_s"]
-            run["workers"] = count
-            run["rows_expected"] = expected
-            if run["job_status"] != "succeeded" or run["rows_written"] != expected:
-                raise RuntimeError(f"backfill wrong: {run}")
-            figures["backfills"].append(run)
-            print(f"  {count} worker(s): {run['wall_s']:.2f} s, {run['slices_per_s']:.0f} slices/s",
-                  flush=True)
-            stack.stop_workers()
+        figures["enqueue"] = measure_enqueue(stack)
+        for broker in str(args.broker).split(","):
+            if broker != stack.broker:
+                stack.use_broker(broker)
+                stack.brokers_used.add(broker)
+                stack.procs.remove(api)
+                api.stop()
+                api = stack.start_api(args.api_workers)
+            for nodes in node_counts:
+                for count in counts:
+                    figures["backfills"].append(
+                        measure_backfill(
+                            stack, api.url, nodes=nodes, count=count, expected=expected
+                        )
+                    )
         figures["data_api"] = bench_data(api.url, requests=300, clients=args.clients, seconds=3)
         if not args.no_bookkeeping:
             figures["bookkeeping"] = stack.bookkeeping(api.url)
         if not args.no_cli:
             figures["cli"] = run_cli(stack)
+    except KeyboardInterrupt:
+        print("bench: interrupted; stopping what it started", flush=True)
+        return 130
     finally:
         stack.close()
     print_table(figures)

@@ -23,4 +23,5 @@ def _catch_up_at_start(**_: object) -> None:
         app.send_task(HOURLY_TASK)
     except Exception as exc:  # noqa: BLE001 - the next hourly tick catches up instead
         logging.getLogger(__name__).warning(
-            "could not send the catch-up at start: %s", type(exc).__name__)
+            "could not send the catch-up at start: %s", type(exc).__name__
+        )

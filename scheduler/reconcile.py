@@ -94,14 +94,26 @@ class Lost:
 
 
 def find_lost_slices(
-    conn: Connection, *, timeout_s: float, lookback_s: float, bulk_empty: bool,
-    priority_empty: bool, now: datetime | None = None,
+    conn: Connection,
+    *,
+    timeout_s: float,
+    lookback_s: float,
+    bulk_empty: bool,
+    priority_empty: bool,
+    now: datetime | None = None,
 ) -> list[Lost]:
     """The slices to send again, by job (see the module docstring)."""
-    rows = conn.execute(_LOST, {
-        "now": now or conn.scalar(_NOW), "timeout": timeout_s, "lookback": lookback_s,
-        "bulk_empty": bulk_empty, "priority_empty": priority_empty, "limit": MAX_RESEND,
-    })
+    rows = conn.execute(
+        _LOST,
+        {
+            "now": now or conn.scalar(_NOW),
+            "timeout": timeout_s,
+            "lookback": lookback_s,
+            "bulk_empty": bulk_empty,
+            "priority_empty": priority_empty,
+            "limit": MAX_RESEND,
+        },
+    )
     found: dict[tuple[int, bool], list[datetime]] = defaultdict(list)
     for job_id, start, priority in rows:
         found[(job_id, priority)].append(start)
@@ -110,8 +122,9 @@ def find_lost_slices(
 
 def try_lock(conn: Connection) -> bool:
     """Only one reconciler at a time; the lock ends with the transaction."""
-    return bool(conn.scalar(
-        text("SELECT pg_try_advisory_xact_lock(hashtext('windfarm-etl reconcile'))")))
+    return bool(
+        conn.scalar(text("SELECT pg_try_advisory_xact_lock(hashtext('windfarm-etl reconcile'))"))
+    )
 
 
 def reconcile(
@@ -129,15 +142,24 @@ def reconcile(
     with engine.begin() as conn:
         if not try_lock(conn):
             return Reconciled(skipped=True)
-        lost = find_lost_slices(conn, timeout_s=timeout_s, lookback_s=lookback_s,
-                                bulk_empty=bulk_empty, priority_empty=priority_empty)
+        lost = find_lost_slices(
+            conn,
+            timeout_s=timeout_s,
+            lookback_s=lookback_s,
+            bulk_empty=bulk_empty,
+            priority_empty=priority_empty,
+        )
         for item in lost:
             jobs.mark_sent(conn, item.job_id, item.starts)
         settled = jobs.settle_jobs(conn, list(conn.scalars(_OPEN_JOBS)))
         pruned = jobs.prune_jobs(conn, older_than_days=retention_days)
     resent = 0
     for item in lost:  # after the commit: no connection is held while publishing
-        log.warning("reconcile: sending %d slice(s) of job %d again", len(item.starts),
-                    item.job_id)
+        log.warning(
+            "reconcile: sending %d slice(s) of job %d again",
+            len(item.starts),
+            item.job_id,
+            extra={"job_id": item.job_id},
+        )
         resent += send(item.job_id, item.starts, priority=item.priority)
     return Reconciled(resent=resent, settled=settled, pruned=pruned)

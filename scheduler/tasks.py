@@ -36,9 +36,12 @@ log = logging.getLogger(__name__)
 def hourly_jobs(now: datetime) -> list[int]:
     """The job for the last complete hour and the catch-up job; the ids created."""
     last = hour_floor(now) - HOUR
-    hourly = submit_job(origin=Origin.HOURLY, hours=[last], priority=True,
-                        dedupe_key=f"hourly:{last.isoformat()}")
-    return [view.id for view in (hourly, catch_up(now)) if view is not None]
+    hourly = submit_job(
+        origin=Origin.HOURLY, hours=[last], priority=True, dedupe_key=f"hourly:{last.isoformat()}"
+    )
+    caught_up = catch_up(now)
+    created = [hourly.job] if hourly is not None else []
+    return [view.id for view in (*created, caught_up) if view is not None]
 
 
 def catch_up(now: datetime) -> jobs.JobView | None:
@@ -48,10 +51,17 @@ def catch_up(now: datetime) -> jobs.JobView | None:
     last = hour_floor(now) - HOUR
     first = window_start(now)
     hours = [first + i * HOUR for i in range(int((last - first) / HOUR) + 1)]
-    view = submit_job(origin=Origin.CATCHUP, hours=hours, priority=True, only_missing=True)
+    submitted = submit_job(origin=Origin.CATCHUP, hours=hours, priority=True, only_missing=True)
+    view = submitted.job if submitted is not None else None
     if view is not None:
-        log.warning("catch-up: job %d for %d hour(s) between %s and %s that never ran",
-                    view.id, view.slices_total, view.first_hour, view.last_hour)
+        log.warning(
+            "catch-up: job %d for %d hour(s) between %s and %s that never ran",
+            view.id,
+            view.slices_total,
+            view.first_hour,
+            view.last_hour,
+            extra={"job_id": view.id},
+        )
     _report_older(first, settings.etl_job_retention_days)
     return view
 
@@ -79,19 +89,29 @@ def _report_older(before: datetime, retention_days: int) -> None:
     """Log the hours older than the window (since the oldest bookkeeping kept)
     that never succeeded: beat does not send them; a person may."""
     with target_engine().connect() as conn:
-        count, first, last = conn.execute(_OLDER, {
-            "since": before - timedelta(days=retention_days), "before": before}).one()
+        count, first, last = conn.execute(
+            _OLDER, {"since": before - timedelta(days=retention_days), "before": before}
+        ).one()
     if count:
-        log.warning("catch-up: %d hour(s) between %s and %s, older than ETL_CATCHUP_DAYS, "
-                    "never succeeded; POST /jobs for them if they should", count, first, last)
+        log.warning(
+            "catch-up: %d hour(s) between %s and %s, older than ETL_CATCHUP_DAYS, "
+            "never succeeded; POST /jobs for them if they should",
+            count,
+            first,
+            last,
+        )
 
 
 def daily_job(now: datetime) -> int | None:
     """The job for all 24 hours of yesterday (UTC), to pick up late data."""
     day = now.date() - timedelta(days=1)
-    view = submit_job(origin=Origin.DAILY, hours=jobs.job_slices(day, day), priority=True,
-                      dedupe_key=f"daily:{day.isoformat()}")
-    return view.id if view is not None else None
+    submitted = submit_job(
+        origin=Origin.DAILY,
+        hours=jobs.job_slices(day, day),
+        priority=True,
+        dedupe_key=f"daily:{day.isoformat()}",
+    )
+    return submitted.job.id if submitted is not None else None
 
 
 @app.task(name=HOURLY_TASK, ignore_result=True)
@@ -118,7 +138,15 @@ def reconcile() -> dict[str, int]:
         send=send_slices,
     )
     if outcome.resent or outcome.settled or outcome.pruned:
-        log.info("reconcile: %d slice(s) sent again, %d job(s) settled, %d job(s) pruned",
-                 outcome.resent, outcome.settled, outcome.pruned)
-    return {"resent": outcome.resent, "settled": outcome.settled, "pruned": outcome.pruned,
-            "skipped": int(outcome.skipped)}
+        log.info(
+            "reconcile: %d slice(s) sent again, %d job(s) settled, %d job(s) pruned",
+            outcome.resent,
+            outcome.settled,
+            outcome.pruned,
+        )
+    return {
+        "resent": outcome.resent,
+        "settled": outcome.settled,
+        "pruned": outcome.pruned,
+        "skipped": int(outcome.skipped),
+    }

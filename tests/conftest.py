@@ -18,12 +18,25 @@ PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 RUN_ID = uuid.uuid4().hex[:10]
 
+# A developer's .env (API_TOKEN, ETL_* settings) must not change the tests.
+os.environ["WINDFARM_ENV_FILE"] = ""
 os.environ["SOURCE_DATABASE_URL"] = f"{PG_URL}/wf_{RUN_ID}_source"
 os.environ["TARGET_DATABASE_URL"] = f"{PG_URL}/wf_{RUN_ID}_target"
 os.environ["CELERY_BROKER_URL"] = f"{REDIS_URL}/15"
 os.environ["ETL_QUEUE"] = f"etl-test-{RUN_ID}"
-for name in ("API_TOKEN", "FLOWER_BASIC_AUTH", "DATA_MAX_DAYS", "JOBS_MAX_DAYS", "ETL_VARIABLES"):
+for name in (
+    "API_TOKEN",
+    "FLOWER_BASIC_AUTH",
+    "DATA_MAX_DAYS",
+    "JOBS_MAX_DAYS",
+    "ETL_VARIABLES",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "ALLOWED_HOSTS",
+):
     os.environ.pop(name, None)
+# Test workers serve no metrics unless a test asks: they would compete for one port.
+os.environ["ETL_METRICS_PORT"] = "0"
 
 from api.seed_source import seed  # noqa: E402
 from windfarm.config import get_settings  # noqa: E402
@@ -176,8 +189,11 @@ def api_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     started = []
 
     def start(**env: str):
-        proc = run_api(process_env(**env), name=f"api{len(started) + 1}",
-                       log_dir=tmp_path_factory.mktemp("api"))
+        proc = run_api(
+            process_env(**env),
+            name=f"api{len(started) + 1}",
+            log_dir=tmp_path_factory.mktemp("api"),
+        )
         started.append(proc)
         return proc
 
@@ -189,7 +205,8 @@ def api_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture
 def api_server(api_factory):
-    """A real ``uvicorn api.main:app`` on this test's databases; ``.url`` is its base URL."""
+    """A real API server (``python -m api.serve``) on this test's databases; ``.url``
+    is its base URL."""
     return api_factory()
 
 

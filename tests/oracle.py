@@ -50,8 +50,9 @@ def expected_rows(
     are left out before aggregating.
     """
     columns = ", ".join(
-        f"{fn}({_finite(var)}) AS \"{var}_{stat}_10m\""
-        for var in variables for stat, fn in _STATS.items()
+        f'{fn}({_finite(var)}) AS "{var}_{stat}_10m"'
+        for var in variables
+        for stat, fn in _STATS.items()
     )
     rows = _query(
         source_url,

@@ -1,4 +1,4 @@
-"""Real processes for tests: the API under uvicorn and Celery workers.
+"""Real processes for tests: the API (uvicorn, through ``api.serve``) and Celery workers.
 
 Each runs in its own session (process group) with its output in a log file,
 and :meth:`Proc.stop` ends the whole group, so a prefork worker leaves no
@@ -137,11 +137,24 @@ def run_api(
     name: str = "api",
     log_dir: Path | None = None,
 ) -> Proc:
-    """``uvicorn api.main:app`` on a free port, once ``/health`` answers 200."""
+    """The API (``python -m api.serve``) on a free port, once ``/health`` answers 200."""
     for _ in range(3):  # another process may take the free port before uvicorn binds it
         port = free_port()
-        proc = start(name, ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
-                            "--port", str(port), "--log-level", "warning"], env, log_dir)
+        proc = start(
+            name,
+            [
+                "-m",
+                "api.serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env,
+            log_dir,
+        )
         proc.url = f"http://127.0.0.1:{port}"
         if _wait_healthy(proc, timeout):
             return proc
@@ -177,10 +190,31 @@ def run_worker(
     once it is ready."""
     queue = queue or lanes(env["ETL_QUEUE"])
     hostname = f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h"
-    proc = start(name, ["-m", "celery", "-A", "workers", "worker", "-Q", queue,
-                        "--pool", "prefork", "-c", str(concurrency), "-n", hostname, "-E",
-                        "--without-gossip", "--without-mingle", "--without-heartbeat",
-                        "-l", "info", *extra_args], env, log_dir)
+    proc = start(
+        name,
+        [
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "-Q",
+            queue,
+            "--pool",
+            "prefork",
+            "-c",
+            str(concurrency),
+            "-n",
+            hostname,
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "info",
+            *extra_args,
+        ],
+        env,
+        log_dir,
+    )
     if not proc.wait_for_log(" ready.", timeout):
         proc.stop()
         raise RuntimeError(f"the worker was not ready in {timeout:g} s\n{proc.describe()}")
@@ -200,8 +234,12 @@ def purge_queue(broker_url: str, queue: str) -> int:
     try:
         removed = 0
         for name in lanes(queue).split(","):
-            keys = [name, *(f"{name}\x06\x16{p}" for p in range(10)),
-                    f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}"]
+            keys = [
+                name,
+                *(f"{name}\x06\x16{p}" for p in range(10)),
+                f"_kombu.binding.{name}",
+                f"_kombu.binding_permanent.{name}",
+            ]
             removed += client.delete(*keys)
             for tag, raw in client.hgetall("unacked").items():
                 _, _, routing_key = json.loads(raw)
@@ -263,12 +301,13 @@ class FaultyProxy:
         self._lock = threading.Lock()
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+            def do_GET(self) -> None:
                 answer = proxy._answer(self.path)
                 if answer == FaultyProxy.RESET:
                     # Linger on with a zero timeout: close() sends RST, not FIN.
                     self.connection.setsockopt(
-                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
                     self.connection.close()
                     self.close_connection = True
                     return

@@ -31,15 +31,22 @@ from windfarm.db import target_engine
 # retries at most 2 s apart: the production logic on a clock tests can wait for.
 # No catch-up: beat would fill a week of empty hours at start, beside each
 # test's own jobs (tests/test_pressure.py tests the catch-up itself).
-FAST = {"ETL_RECONCILE_EVERY_S": "1", "ETL_SLICE_TIMEOUT_S": "5", "ETL_RETRY_BACKOFF_MAX_S": "2",
-        "ETL_CATCHUP_DAYS": "0"}
+FAST = {
+    "ETL_RECONCILE_EVERY_S": "1",
+    "ETL_SLICE_TIMEOUT_S": "5",
+    "ETL_RETRY_BACKOFF_MAX_S": "2",
+    "ETL_CATCHUP_DAYS": "0",
+}
 
 
 def run_beat(env: dict[str, str], *, name: str = "beat") -> Proc:
     """``celery -A scheduler beat`` with a schedule file of its own."""
     schedule = Path(tempfile.mkdtemp(prefix="wf-beat-")) / "schedule"
-    proc = start(name, ["-m", "celery", "-A", "scheduler", "beat", "-l", "info",
-                        "--schedule", str(schedule)], env)
+    proc = start(
+        name,
+        ["-m", "celery", "-A", "scheduler", "beat", "-l", "info", "--schedule", str(schedule)],
+        env,
+    )
     if not proc.wait_for_log("beat: Starting...", START_TIMEOUT_S):
         proc.stop()
         raise RuntimeError(f"beat did not start\n{proc.describe()}")
@@ -49,8 +56,11 @@ def run_beat(env: dict[str, str], *, name: str = "beat") -> Proc:
 def run_flower(env: dict[str, str], *, name: str = "flower") -> Proc:
     """``celery -A workers flower`` on a free port, once it answers."""
     port = free_port()
-    proc = start(name, ["-m", "celery", "-A", "workers", "flower", f"--port={port}",
-                        "--address=127.0.0.1"], env)
+    proc = start(
+        name,
+        ["-m", "celery", "-A", "workers", "flower", f"--port={port}", "--address=127.0.0.1"],
+        env,
+    )
     proc.url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline and proc.alive():
@@ -82,16 +92,29 @@ class PrivateRedis:
     def start(self) -> None:
         server = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.popen = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir),
-             *(["--requirepass", self.password] if self.password else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                server,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                *(["--requirepass", self.password] if self.password else []),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                redis.Redis(port=self.port, password=self.password,
-                            socket_connect_timeout=0.5).ping()
+                redis.Redis(
+                    port=self.port, password=self.password, socket_connect_timeout=0.5
+                ).ping()
                 return
             except redis.ConnectionError:
                 time.sleep(0.05)
@@ -126,10 +149,16 @@ class System:
         self.api = self.add(run_api(process_env(**env), name=f"api{len(self.procs) + 1}"))
         return self.api
 
-    def start_worker(self, api_url: str, *, name: str = "worker", concurrency: int = 2,
-                     **env: str) -> Proc:
-        return self.add(run_worker(process_env(**{"API_BASE_URL": api_url, **FAST, **env}),
-                                   name=name, concurrency=concurrency))
+    def start_worker(
+        self, api_url: str, *, name: str = "worker", concurrency: int = 2, **env: str
+    ) -> Proc:
+        return self.add(
+            run_worker(
+                process_env(**{"API_BASE_URL": api_url, **FAST, **env}),
+                name=name,
+                concurrency=concurrency,
+            )
+        )
 
     def start_beat(self, **env: str) -> Proc:
         return self.add(run_beat(process_env(**{**FAST, **env})))
@@ -176,15 +205,19 @@ class System:
 def slice_rows(job_id: int) -> dict[datetime, tuple[str, int]]:
     """slice start -> (state, attempts), from the database itself."""
     with target_engine().connect() as conn:
-        rows = conn.execute(text("SELECT slice_start, state, attempts FROM etl_slice "
-                                 "WHERE job_id = :j"), {"j": job_id}).all()
+        rows = conn.execute(
+            text("SELECT slice_start, state, attempts FROM etl_slice WHERE job_id = :j"),
+            {"j": job_id},
+        ).all()
     return {start: (state, attempts) for start, state, attempts in rows}
 
 
 def target_rows(start: datetime, end: datetime) -> int:
     with target_engine().connect() as conn:
-        return conn.scalar(text('SELECT count(*) FROM data WHERE "timestamp" >= :s '
-                                'AND "timestamp" < :e'), {"s": start, "e": end})
+        return conn.scalar(
+            text('SELECT count(*) FROM data WHERE "timestamp" >= :s AND "timestamp" < :e'),
+            {"s": start, "e": end},
+        )
 
 
 def assert_succeeded_and_right(system: System, job_id: int, first: date, last: date) -> dict:
@@ -193,8 +226,13 @@ def assert_succeeded_and_right(system: System, job_id: int, first: date, last: d
     shown = system.job(job_id)
     total = 24 * ((last - first).days + 1)
     assert shown["status"] == "succeeded", shown
-    assert (shown["slices_total"], shown["slices_succeeded"], shown["slices_failed"],
-            shown["slices_running"], shown["slices_pending"]) == (total, total, 0, 0, 0), shown
+    assert (
+        shown["slices_total"],
+        shown["slices_succeeded"],
+        shown["slices_failed"],
+        shown["slices_running"],
+        shown["slices_pending"],
+    ) == (total, total, 0, 0, 0), shown
     assert shown["errors"] == [] and shown["finished_at"] is not None, shown
     assert {state for state, _ in slice_rows(job_id).values()} == {"succeeded"}
     start, end = day_start(first), day_start(last) + timedelta(days=1)

@@ -101,10 +101,14 @@ def test_a_month_is_allowed(client):
         ({"start": "2025-13-01T00:00"}, "start '2025-13-01T00:00' is not an ISO 8601 date-time"),
         ({"start": "2025-12-05T00:00", "end": "noon"}, "end 'noon' is not an ISO 8601 date-time"),
         ({"start": "2025-12-05T10:00", "end": "2025-12-05T09:00"}, "is before start"),
-        ({"start": "2025-12-05T00:00", "variables": "rotor_speed"},
-         "variables.0 'rotor_speed' is not one of"),
-        ({"start": "2025-01-01T00:00", "end": "2025-03-01T00:00"},
-         "longer than 31 days (DATA_MAX_DAYS)"),
+        (
+            {"start": "2025-12-05T00:00", "variables": "rotor_speed"},
+            "variables.0 'rotor_speed' is not one of",
+        ),
+        (
+            {"start": "2025-01-01T00:00", "end": "2025-03-01T00:00"},
+            "longer than 31 days (DATA_MAX_DAYS)",
+        ),
     ],
 )
 def test_bad_input_is_a_422_a_person_understands(client, params, message):
@@ -124,7 +128,14 @@ def test_maximum_range_is_configurable(client, settings_env):
 def test_health_is_ok_when_databases_answer(client):
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "source": "ok", "target": "ok"}
+    from importlib.metadata import version
+
+    assert response.json() == {
+        "status": "ok",
+        "version": version("windfarm-etl"),
+        "source": "ok",
+        "target": "ok",
+    }
 
 
 def test_health_is_503_when_a_database_is_unreachable(client, settings_env):

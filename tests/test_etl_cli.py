@@ -17,15 +17,21 @@ from windfarm.db import target_engine
 def etl(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "workers.etl", *args],
-        cwd=REPO, env=process_env(**env), capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=process_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def job_slices(job_id: int) -> list[tuple]:
     with target_engine().connect() as conn:
         return conn.execute(
-            text("SELECT state, enqueued_at IS NOT NULL, error FROM etl_slice WHERE job_id = :j "
-                 "ORDER BY slice_start"),
+            text(
+                "SELECT state, enqueued_at IS NOT NULL, error FROM etl_slice WHERE job_id = :j "
+                "ORDER BY slice_start"
+            ),
             {"j": job_id},
         ).all()
 
@@ -39,8 +45,9 @@ def test_a_day_in_process_against_a_real_api(dbs, api_server):
     assert done.returncode == 0, done.stderr
     assert "24 slices, 24 succeeded, 0 failed" in done.stdout
     day = datetime(2025, 12, 4)
-    compared = assert_target_matches_oracle(dbs.source_url, dbs.target_url, day,
-                                            day + timedelta(days=1))
+    compared = assert_target_matches_oracle(
+        dbs.source_url, dbs.target_url, day, day + timedelta(days=1)
+    )
     assert f"{compared} rows written" in done.stdout
     assert {s[0] for s in job_slices(job_id_of(done.stdout))} == {"succeeded"}
 
@@ -91,8 +98,9 @@ def test_enqueue_and_wait_with_a_real_worker(dbs, worker):
 
 
 def test_enqueue_to_a_dead_broker_fails_fast_and_keeps_the_job(dbs):
-    done = etl("--date", "2025-12-10", "--enqueue",
-               CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/15")
+    done = etl(
+        "--date", "2025-12-10", "--enqueue", CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/15"
+    )
     assert done.returncode == 1
     assert "0 of 24 slices sent" in done.stdout
     assert "the broker did not take every slice" in done.stderr

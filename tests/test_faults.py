@@ -61,8 +61,11 @@ def test_api_5xx_timeouts_resets_and_refusals_for_a_while_are_retried(system: Sy
     # The worker reaches the faulty API through a line that can also be cut.
     line = TcpProxy("127.0.0.1", urlsplit(faulty.url).port)
     system.cleanups.append(line.close)
-    worker = system.start_worker(f"http://127.0.0.1:{line.port}",
-                                 ETL_HTTP_TIMEOUT_S=str(http_timeout_s), ETL_MAX_RETRIES="20")
+    worker = system.start_worker(
+        f"http://127.0.0.1:{line.port}",
+        ETL_HTTP_TIMEOUT_S=str(http_timeout_s),
+        ETL_MAX_RETRIES="20",
+    )
     system.start_beat()
     first, last = date(2025, 12, 1), date(2025, 12, 5)
     job = system.post({"start_date": first.isoformat(), "end_date": last.isoformat()})
@@ -82,12 +85,18 @@ def test_api_5xx_timeouts_resets_and_refusals_for_a_while_are_retried(system: Sy
     retried = [a for _, a in slice_rows(job["id"]).values() if a > 1]
     assert retried, "no slice met a fault"
     log = worker.log()
-    for symptom in ("HTTP 503: upstream says 503", "HTTP 500: upstream says 500", "timed out",
-                    "API unreachable (ConnectError"):
+    for symptom in (
+        "HTTP 503: upstream says 503",
+        "HTTP 500: upstream says 500",
+        "timed out",
+        "API unreachable (ConnectError",
+    ):
         assert symptom in log, symptom
     assert "ReadError" in log or "RemoteProtocolError" in log
-    print(f"API faults: {dict(seen)} and 2 s of refused connections; "
-          f"{len(retried)} slices retried, up to {max(retried)} attempts")
+    print(
+        f"API faults: {dict(seen)} and 2 s of refused connections; "
+        f"{len(retried)} slices retried, up to {max(retried)} attempts"
+    )
 
 
 def test_a_4xx_fails_its_slice_at_once_and_posting_the_day_again_fixes_it(system: System):
@@ -110,8 +119,11 @@ def test_a_4xx_fails_its_slice_at_once_and_posting_the_day_again_fixes_it(system
     shown = system.wait(first_job["id"])
 
     assert shown["status"] == "failed", shown
-    assert (shown["slices_succeeded"], shown["slices_failed"],
-            shown["slices_pending"]) == (23, 1, 0), shown
+    assert (shown["slices_succeeded"], shown["slices_failed"], shown["slices_pending"]) == (
+        23,
+        1,
+        0,
+    ), shown
     assert shown["finished_at"] is not None
     [error] = shown["errors"]
     assert error["slice_start"] == hour
@@ -167,8 +179,10 @@ def test_the_target_database_unreachable_for_20_s_mid_backfill(system: System):
     log = worker.log()
     assert "target database unavailable" in log and "left to the reconciler" in log
     assert re.search(r"sending \d+ slice\(s\) of job \d+ again", log)
-    print(f"target outage: 20 s with {during[-1]['slices_succeeded']} of 240 slices done, "
-          f"{log.count('left to the reconciler')} slices left to the reconciler")
+    print(
+        f"target outage: 20 s with {during[-1]['slices_succeeded']} of 240 slices done, "
+        f"{log.count('left to the reconciler')} slices left to the reconciler"
+    )
 
 
 # --- The broker loses its messages ----------------------------------------------------
@@ -213,8 +227,7 @@ class Hold:
     def rule(self, path: str, n: int):
         with self.lock:
             # Only the test's own days: beat's hourly job runs beside them.
-            mine = (self.armed.is_set() and not self.caught.is_set()
-                    and "start=2025-12-0" in path)
+            mine = self.armed.is_set() and not self.caught.is_set() and "start=2025-12-0" in path
             if mine:
                 self.path = path
                 self.caught.set()
@@ -282,16 +295,19 @@ def test_the_same_day_posted_twice_at_once_and_overlapping_jobs_all_complete(sys
 
     def post_the_day(_: int) -> dict:
         barrier.wait(10)
-        return system.post({"date": "2025-12-03"})
+        # force: each a job of its own, though the wide job covers the day.
+        return system.post({"date": "2025-12-03", "force": True})
 
     with ThreadPoolExecutor(2) as pool:
         twins = list(pool.map(post_the_day, range(2)))
-    inner = system.post({"start_date": "2025-12-02", "end_date": "2025-12-04"})
+    inner = system.post({"start_date": "2025-12-02", "end_date": "2025-12-04", "force": True})
     assert len({wide["id"], inner["id"], *(t["id"] for t in twins)}) == 4
 
-    expected = [(wide, date(2025, 12, 1), date(2025, 12, 5)),
-                (inner, date(2025, 12, 2), date(2025, 12, 4)),
-                *((twin, date(2025, 12, 3), date(2025, 12, 3)) for twin in twins)]
+    expected = [
+        (wide, date(2025, 12, 1), date(2025, 12, 5)),
+        (inner, date(2025, 12, 2), date(2025, 12, 4)),
+        *((twin, date(2025, 12, 3), date(2025, 12, 3)) for twin in twins),
+    ]
     for job, _, _ in expected:
         system.wait(job["id"], timeout=90)
     for job, first, last in expected:

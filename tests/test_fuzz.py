@@ -50,13 +50,31 @@ CHECKS = [
 app = create_app()
 schema = schemathesis.openapi.from_dict(
     app.openapi(),
-    config=SchemathesisConfig.from_dict({
-        "auth": {"openapi": {"HTTPBearer": {"bearer": TOKEN}}},
-        # Refusing an over-long query string (414) is a rejection too.
-        "checks": {"negative_data_rejection": {
-            "expected-statuses": [400, 401, 403, 404, 405, 406, 409, 413, 414, 415, 422, 428, 429]
-        }},
-    }),
+    config=SchemathesisConfig.from_dict(
+        {
+            "auth": {"openapi": {"HTTPBearer": {"bearer": TOKEN}}},
+            # Refusing an over-long query string (414) is a rejection too.
+            "checks": {
+                "negative_data_rejection": {
+                    "expected-statuses": [
+                        400,
+                        401,
+                        403,
+                        404,
+                        405,
+                        406,
+                        409,
+                        413,
+                        414,
+                        415,
+                        422,
+                        428,
+                        429,
+                    ]
+                }
+            },
+        }
+    ),
 )
 schema.app = app  # requests go to the app in process, as from_asgi would send them
 cases: Counter[str] = Counter()
@@ -72,9 +90,11 @@ def fuzz_databases():
     purge_queue(os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"])
     main = {op: n for op, n in cases.items() if n > 1}
     others = sum(cases.values()) - sum(main.values())
-    print(f"\nfuzzed {sum(cases.values())} requests: "
-          + ", ".join(f"{op} {n}" for op, n in main.items())
-          + f", and {others} with undocumented methods")
+    print(
+        f"\nfuzzed {sum(cases.values())} requests: "
+        + ", ".join(f"{op} {n}" for op, n in main.items())
+        + f", and {others} with undocumented methods"
+    )
 
 
 @pytest.fixture
@@ -87,8 +107,9 @@ def fuzz_dbs(fuzz_databases, settings_env):
 
 @pytest.mark.slow
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
 def test_every_answer_is_documented_and_no_input_makes_a_5xx(case, fuzz_dbs):
     cases[f"{case.method} {case.path}"] += 1
     case.call_and_validate(checks=CHECKS)
@@ -111,8 +132,9 @@ def test_a_chunked_body_over_the_limit_is_413_too(api_server):
             yield b"x" * 512
         yield b'"}'
 
-    response = httpx.post(f"{api_server.url}/jobs", content=chunks(),
-                          headers={"Content-Type": "application/json"})
+    response = httpx.post(
+        f"{api_server.url}/jobs", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert response.request.headers.get("Transfer-Encoding") == "chunked"
     assert "Content-Length" not in response.request.headers
     assert response.status_code == 413
@@ -123,22 +145,28 @@ def test_a_body_within_the_limit_still_works_chunked(api_server):
         yield b'{"date": '
         yield b'"2025-12-05"}'
 
-    response = httpx.post(f"{api_server.url}/jobs", content=chunks(),
-                          headers={"Content-Type": "application/json"})
+    response = httpx.post(
+        f"{api_server.url}/jobs", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 202, response.text
     purge_queue(os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"])
 
 
 def test_a_long_query_string_is_414(api_server):
-    response = httpx.get(f"{api_server.url}/data",
-                         params={"start": "2025-12-05T00:00:00", "x": "y" * MAX_QUERY_BYTES})
+    response = httpx.get(
+        f"{api_server.url}/data",
+        params={"start": "2025-12-05T00:00:00", "x": "y" * MAX_QUERY_BYTES},
+    )
     assert response.status_code == 414
     assert "query string" in response.json()["detail"]
 
 
 def test_a_content_length_that_is_no_number_is_400(client):
-    response = client.post("/jobs", content=b"{}",
-                           headers={"Content-Length": "lots", "Content-Type": "application/json"})
+    response = client.post(
+        "/jobs",
+        content=b"{}",
+        headers={"Content-Length": "lots", "Content-Type": "application/json"},
+    )
     assert response.status_code == 400
 
 

@@ -46,12 +46,14 @@ def run_clients(api_url: str, stop_at: float, seed_: int) -> tuple[dict, list[st
         while time.monotonic() < stop_at:
             for kind, hours, rows in (("hour", 1, 60), ("day", 24, 1440)):
                 start = datetime.combine(FIRST, datetime.min.time()) + timedelta(
-                    hours=rng.randrange(0, ((LAST - FIRST).days + 1) * 24 - hours + 1))
+                    hours=rng.randrange(0, ((LAST - FIRST).days + 1) * 24 - hours + 1)
+                )
                 end = start + timedelta(hours=hours) - timedelta(minutes=1)
                 began = time.perf_counter()
                 try:
-                    response = client.get("/data", params={"start": start.isoformat(),
-                                                           "end": end.isoformat()})
+                    response = client.get(
+                        "/data", params={"start": start.isoformat(), "end": end.isoformat()}
+                    )
                 except httpx.HTTPError as exc:
                     errors.append(f"{kind} {start}: {type(exc).__name__}: {exc}")
                     continue
@@ -67,8 +69,11 @@ def test_get_data_under_concurrent_clients_during_a_30_day_backfill(
 ):
     seed(fresh_dbs.source_url, start=FIRST + timedelta(days=10), end=LAST)
     worker_factory(api_server.url)
-    posted = httpx.post(f"{api_server.url}/jobs", timeout=30,
-                        json={"start_date": FIRST.isoformat(), "end_date": LAST.isoformat()})
+    posted = httpx.post(
+        f"{api_server.url}/jobs",
+        timeout=30,
+        json={"start_date": FIRST.isoformat(), "end_date": LAST.isoformat()},
+    )
     assert posted.status_code == 202, posted.text
     job_url = f"{api_server.url}/jobs/{posted.json()['id']}"
 
@@ -94,28 +99,35 @@ def test_get_data_under_concurrent_clients_during_a_30_day_backfill(
     errors = [e for _, errs in results for e in errs]
     assert len(results) == CLIENTS and not errors, errors[:10]
     # The backfill ran during the load, and the load did not starve it.
-    assert before["slices_succeeded"] < 720 and after["slices_succeeded"] > before[
-        "slices_succeeded"]
+    assert (
+        before["slices_succeeded"] < 720 and after["slices_succeeded"] > before["slices_succeeded"]
+    )
 
     merged: dict[str, list[float]] = defaultdict(list)
     for latencies, _ in results:
         for kind, values in latencies.items():
             merged[kind].extend(values)
     total = sum(len(v) for v in merged.values())
-    print(f"\nGET /data, {CLIENTS} clients for {elapsed:.1f} s during a 30-day backfill "
-          f"({after['slices_succeeded'] - before['slices_succeeded']} slices done meanwhile): "
-          f"{total} requests, {total / elapsed:.0f} req/s, 0 errors")
+    print(
+        f"\nGET /data, {CLIENTS} clients for {elapsed:.1f} s during a 30-day backfill "
+        f"({after['slices_succeeded'] - before['slices_succeeded']} slices done meanwhile): "
+        f"{total} requests, {total / elapsed:.0f} req/s, 0 errors"
+    )
     for kind in ("hour", "day"):
         values = merged[kind]
         assert values, kind
-        print(f"  {kind:>4}: {len(values)} requests, {len(values) / elapsed:.0f} req/s, "
-              f"p50 {statistics.median(values) * 1000:.1f} ms, "
-              f"p99 {percentile(values, 0.99) * 1000:.1f} ms")
+        print(
+            f"  {kind:>4}: {len(values)} requests, {len(values) / elapsed:.0f} req/s, "
+            f"p50 {statistics.median(values) * 1000:.1f} ms, "
+            f"p99 {percentile(values, 0.99) * 1000:.1f} ms"
+        )
 
     view = wait_for_job(posted.json()["id"], timeout=180)
     assert (view.status, view.slices_succeeded) == ("succeeded", 720)
     rows = assert_target_matches_oracle(
-        fresh_dbs.source_url, fresh_dbs.target_url,
+        fresh_dbs.source_url,
+        fresh_dbs.target_url,
         datetime.combine(FIRST, datetime.min.time()),
-        datetime.combine(LAST + timedelta(days=1), datetime.min.time()))
+        datetime.combine(LAST + timedelta(days=1), datetime.min.time()),
+    )
     assert view.rows_written == rows

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from tests.conftest import Databases, in_process_client, module_databases
 from windfarm import jobs
@@ -79,8 +79,15 @@ def test_hours_no_job_covered_are_never_run(api):
     assert [d["date"] for d in body["days"]] == ["2025-12-05", "2025-12-06"]
     for day in body["days"]:
         # Days of 2025, long before the catch-up window: beat will not fill them.
-        assert day["counts"] == {"succeeded": 0, "failed": 0, "running": 0, "queued": 0,
-                                 "waiting": 0, "never_run": 24, "beyond_catchup": 24}
+        assert day["counts"] == {
+            "succeeded": 0,
+            "failed": 0,
+            "running": 0,
+            "queued": 0,
+            "waiting": 0,
+            "never_run": 24,
+            "beyond_catchup": 24,
+        }
         assert [h["hour"] for h in day["hours"]] == list(range(24))
         assert [h["slice_start"] for h in day["hours"]] == [
             f"{day['date']}T{h:02d}:00:00" for h in range(24)
@@ -103,7 +110,13 @@ def test_each_state_with_its_job_times_and_error(api):
     body = partitions(api, start_date="2025-12-05")
     cells = hours_of(body)
     assert [c["state"] for c in cells[:6]] == [
-        "succeeded", "running", "failed", "queued", "queued", "waiting"]
+        "succeeded",
+        "running",
+        "failed",
+        "queued",
+        "queued",
+        "waiting",
+    ]
     assert all(c["job_id"] == job_id for c in cells)
 
     done, running, failed, enqueued, unsent, waits = cells[:6]
@@ -116,8 +129,15 @@ def test_each_state_with_its_job_times_and_error(api):
     assert enqueued["enqueued_at"] is not None and enqueued["started_at"] is None
     assert unsent["enqueued_at"] is None
     assert waits["error"] == "API unreachable" and waits["retry_at"] is not None
-    assert body["days"][0]["counts"] == {"succeeded": 1, "failed": 1, "running": 1, "queued": 20,
-                                         "waiting": 1, "never_run": 0, "beyond_catchup": 1}
+    assert body["days"][0]["counts"] == {
+        "succeeded": 1,
+        "failed": 1,
+        "running": 1,
+        "queued": 20,
+        "waiting": 1,
+        "never_run": 0,
+        "beyond_catchup": 1,
+    }
     assert [c["beyond_catchup"] for c in cells[:6]] == [False, False, True, False, False, False]
     # Timestamps are ISO 8601, like the rest of the API.
     datetime.fromisoformat(done["finished_at"])
@@ -126,8 +146,9 @@ def test_each_state_with_its_job_times_and_error(api):
 def test_hours_beat_will_not_fill_are_marked_beyond_the_catch_up_window(api, settings_env):
     settings_env(ETL_CATCHUP_DAYS="2")
     today = utcnow().date()
-    body = partitions(api, start_date=(today - timedelta(days=3)).isoformat(),
-                      end_date=today.isoformat())
+    body = partitions(
+        api, start_date=(today - timedelta(days=3)).isoformat(), end_date=today.isoformat()
+    )
     window = datetime.fromisoformat(body["catchup_from"])
     assert window == hour_floor(window)
     assert timedelta(days=2) <= utcnow() - window < timedelta(days=2, hours=1, minutes=1)
@@ -217,8 +238,12 @@ def test_the_range_is_bounded_by_jobs_max_days(api, settings_env):
         "split it"
     }
     settings_env(JOBS_MAX_DAYS="3")
-    assert api.get("/partitions", params={"start_date": "2025-12-01",
-                                          "end_date": "2025-12-03"}).status_code == 200
+    assert (
+        api.get(
+            "/partitions", params={"start_date": "2025-12-01", "end_date": "2025-12-03"}
+        ).status_code
+        == 200
+    )
     response = api.get("/partitions", params={"start_date": "2025-12-01", "end_date": "2025-12-04"})
     assert response.status_code == 422
     assert "more than 3 days (JOBS_MAX_DAYS)" in response.json()["detail"]
@@ -229,14 +254,23 @@ def test_the_range_is_bounded_by_jobs_max_days(api, settings_env):
     [
         ({}, "start_date is required"),
         ({"end_date": "2025-12-05"}, "start_date is required"),
-        ({"start_date": "yesterday"},
-         "start_date 'yesterday' is not an ISO 8601 date such as 2025-12-05"),
-        ({"start_date": "2025-12-05", "end_date": "2025-13-01"},
-         "end_date '2025-13-01' is not an ISO 8601 date such as 2025-12-05"),
-        ({"start_date": "2025-12-05", "end_date": "2025-12-04"},
-         "end_date 2025-12-04 is before start_date 2025-12-05"),
-        ({"start_date": "9999-12-31"},
-         "the hours of 9999-12-31 cannot be represented: its last slice would end after year 9999"),
+        (
+            {"start_date": "yesterday"},
+            "start_date 'yesterday' is not an ISO 8601 date such as 2025-12-05",
+        ),
+        (
+            {"start_date": "2025-12-05", "end_date": "2025-13-01"},
+            "end_date '2025-13-01' is not an ISO 8601 date such as 2025-12-05",
+        ),
+        (
+            {"start_date": "2025-12-05", "end_date": "2025-12-04"},
+            "end_date 2025-12-04 is before start_date 2025-12-05",
+        ),
+        (
+            {"start_date": "9999-12-31"},
+            "the hours of 9999-12-31 cannot be represented: its last slice would end after "
+            "year 9999",
+        ),
     ],
 )
 def test_bad_input_is_422_with_a_readable_message(api, params, detail):
@@ -249,3 +283,26 @@ def test_it_is_documented_in_openapi(api):
     operation = api.get("/openapi.json").json()["paths"]["/partitions"]["get"]
     assert {p["name"] for p in operation["parameters"]} == {"start_date", "end_date"}
     assert "422" in operation["responses"]
+
+
+def test_freshness_says_how_far_behind_the_statistics_are(api):
+    empty = api.get("/freshness").json()
+    assert (empty["newest_complete_hour"], empty["stale"], empty["failed_slices_24h"]) == (
+        None,
+        True,
+        0,
+    )
+    last = hour_floor(utcnow()) - timedelta(hours=1)
+    done = job(hours=[last - timedelta(hours=3), last])
+    succeed(done, last)
+    fail(done, last - timedelta(hours=3), "HTTP 404 from the API")
+    fresh = api.get("/freshness").json()
+    assert datetime.fromisoformat(fresh["newest_complete_hour"]) == last
+    assert 0 <= fresh["lag_s"] < 3600 + 60 and fresh["stale"] is False
+    assert fresh["failed_slices_24h"] == 1 and fresh["open_slices"] == 0
+    # Three hours behind: past the alert's two.
+    old = job(hours=[last - timedelta(hours=24)])
+    with target_engine().begin() as conn:
+        conn.execute(text("DELETE FROM etl_job WHERE id = :j"), {"j": done})
+    succeed(old, last - timedelta(hours=24))
+    assert api.get("/freshness").json()["stale"] is True

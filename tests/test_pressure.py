@@ -81,9 +81,11 @@ def test_a_burst_of_posts_is_answered_and_every_send_recorded_once(system: Syste
     assert "could not record" not in api.log()
     slowest = max(took for _, took, _ in answers)
     worst_health = max(took for _, took in health)
-    print(f"burst of {BURST} posts: slowest answer {slowest:.2f} s; /health p99 "
-          f"{_percentile([t for _, t in health], 99) * 1000:.0f} ms, worst "
-          f"{worst_health * 1000:.0f} ms over {len(health)} checks")
+    print(
+        f"burst of {BURST} posts: slowest answer {slowest:.2f} s; /health p99 "
+        f"{_percentile([t for _, t in health], 99) * 1000:.0f} ms, worst "
+        f"{worst_health * 1000:.0f} ms over {len(health)} checks"
+    )
 
 
 def _queued() -> int:
@@ -105,8 +107,9 @@ def _lose_one_message(queue: str, *, position: int) -> tuple[int, datetime]:
         assert client.lrem(queue, 1, raw) == 1
     finally:
         client.close()
-    job_id, start = re.match(r"\((\d+), '([^']+)'\)",
-                             json.loads(raw)["headers"]["argsrepr"]).groups()
+    job_id, start = re.match(
+        r"\((\d+), '([^']+)'\)", json.loads(raw)["headers"]["argsrepr"]
+    ).groups()
     return int(job_id), datetime.fromisoformat(start)
 
 
@@ -156,10 +159,12 @@ def test_scheduled_work_and_recovery_keep_their_cadence_behind_a_year_of_backlog
     shown = system.wait(backlog["id"], timeout=600)
     assert_succeeded_and_right(system, backlog["id"], date(2025, 1, 1), date(2026, 1, 1))
     assert shown["slices_succeeded"] == 366 * 24
-    print(f"behind {backlog['slices_total']} queued slices and one worker process: beat's "
-          f"hourly job and catch-up done {hourly_took:.1f} s after beat started; a lost "
-          f"message sent again {resent_took:.1f} s after it was lost, with {still_queued} "
-          "messages still queued")
+    print(
+        f"behind {backlog['slices_total']} queued slices and one worker process: beat's "
+        f"hourly job and catch-up done {hourly_took:.1f} s after beat started; a lost "
+        f"message sent again {resent_took:.1f} s after it was lost, with {still_queued} "
+        "messages still queued"
+    )
 
 
 def _db_now() -> datetime:
@@ -169,8 +174,10 @@ def _db_now() -> datetime:
 
 def _sent_at(job_id: int, hour: datetime) -> datetime:
     with target_engine().connect() as conn:
-        return conn.scalar(text("SELECT enqueued_at FROM etl_slice WHERE job_id = :j "
-                                "AND slice_start = :h"), {"j": job_id, "h": hour})
+        return conn.scalar(
+            text("SELECT enqueued_at FROM etl_slice WHERE job_id = :j AND slice_start = :h"),
+            {"j": job_id, "h": hour},
+        )
 
 
 def _wait_for_jobs(system: System, origins: tuple[str, ...], *, timeout: float) -> list[dict]:
@@ -179,14 +186,17 @@ def _wait_for_jobs(system: System, origins: tuple[str, ...], *, timeout: float) 
     while True:
         found = []
         for origin in origins:
-            listed = httpx.get(f"{system.api.url}/jobs", params={"origin": origin, "limit": 1},
-                               timeout=30).json()
+            listed = httpx.get(
+                f"{system.api.url}/jobs", params={"origin": origin, "limit": 1}, timeout=30
+            ).json()
             found.append(listed[0] if listed else None)
         if all(j and j["status"] in ("succeeded", "failed") for j in found):
             return found
         if time.monotonic() > deadline:
-            raise AssertionError(f"scheduled jobs not done in {timeout:g} s: {found}\n"
-                                 + "\n".join(p.describe() for p in system.procs))
+            raise AssertionError(
+                f"scheduled jobs not done in {timeout:g} s: {found}\n"
+                + "\n".join(p.describe() for p in system.procs)
+            )
         time.sleep(0.2)
 
 
@@ -197,9 +207,13 @@ def test_an_api_outage_longer_than_the_retries_ends_succeeded_without_a_repost(
     line = TcpProxy("127.0.0.1", urlsplit(api.url).port)
     system.cleanups.append(line.close)
     # Retries that last about 3 s (1 + 2 s at most), then the slice waits.
-    worker = system.start_worker(f"http://127.0.0.1:{line.port}", ETL_MAX_RETRIES="2",
-                                 ETL_RETRY_BACKOFF_MAX_S="2", ETL_HTTP_TIMEOUT_S="2",
-                                 ETL_WAIT_MAX_S="8")
+    worker = system.start_worker(
+        f"http://127.0.0.1:{line.port}",
+        ETL_MAX_RETRIES="2",
+        ETL_RETRY_BACKOFF_MAX_S="2",
+        ETL_HTTP_TIMEOUT_S="2",
+        ETL_WAIT_MAX_S="8",
+    )
     system.start_beat(ETL_WAIT_MAX_S="8")
     first, last = date(2025, 12, 1), date(2025, 12, 2)
     job = system.post({"start_date": first.isoformat(), "end_date": last.isoformat()})
@@ -224,8 +238,10 @@ def test_an_api_outage_longer_than_the_retries_ends_succeeded_without_a_repost(
     assert shown["errors"] == [] and shown["waiting"] == []
     posted = httpx.get(f"{api.url}/jobs", params={"origin": "api"}, timeout=10).json()
     assert [j["id"] for j in posted] == [job["id"]]  # no re-post
-    print(f"30 s API outage: up to {waited['slices_waiting']} slices waiting at once; "
-          f"{worker.log().count(' waits: ')} waits in all; the job succeeded")
+    print(
+        f"30 s API outage: up to {waited['slices_waiting']} slices waiting at once; "
+        f"{worker.log().count(' waits: ')} waits in all; the job succeeded"
+    )
 
 
 def test_an_older_read_never_overwrites_a_newer_one(system: System):
@@ -254,10 +270,16 @@ def test_an_older_read_never_overwrites_a_newer_one(system: System):
     # The source is corrected while the old answer is in flight, and the day is
     # posted again, to a second worker that reads the API directly.
     h10 = datetime.fromisoformat(hour)
-    _exec(system.dbs.source_url, "UPDATE data SET power = power + 3.5, wind_speed = 0.25 "
-          "WHERE \"timestamp\" >= :s AND \"timestamp\" < :e", s=h10, e=h10 + HOUR)
+    _exec(
+        system.dbs.source_url,
+        "UPDATE data SET power = power + 3.5, wind_speed = 0.25 "
+        'WHERE "timestamp" >= :s AND "timestamp" < :e',
+        s=h10,
+        e=h10 + HOUR,
+    )
     system.start_worker(api.url, name="fast")
-    second = system.post({"date": day.isoformat()})
+    # force: a job of its own, though the first one (still open) covers the day.
+    second = system.post({"date": day.isoformat(), "force": True})
     time.sleep(3)  # the second copy of 10:00 waits for the first, which holds the hour
     assert slice_rows(second["id"])[h10][0] in ("queued", "running")
     release.set()
@@ -301,8 +323,10 @@ def test_an_emptied_source_erases_nothing_unless_the_job_asks(system: System):
         refused = system.post({"date": day.isoformat()}, api=wrong)
         shown = system.wait(refused["id"])
         assert (shown["status"], shown["slices_failed"]) == ("failed", 24), shown
-        assert all("has no rows for" in e["message"] and "nothing was erased" in e["message"]
-                   for e in shown["errors"])
+        assert all(
+            "has no rows for" in e["message"] and "nothing was erased" in e["message"]
+            for e in shown["errors"]
+        )
         assert actual_rows(system.dbs.target_url, start, end) == before
         assert_target_matches_oracle(system.dbs.source_url, system.dbs.target_url, start, end)
         # Asked for explicitly, the same job erases the day.

@@ -41,8 +41,15 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, list[datetime], boo
     return calls
 
 
-def _age(conn, job_id: int, *, enqueued_s: float | None = None, started_s: float | None = None,
-         state: str | None = None, starts: list[datetime] | None = None) -> None:
+def _age(
+    conn,
+    job_id: int,
+    *,
+    enqueued_s: float | None = None,
+    started_s: float | None = None,
+    state: str | None = None,
+    starts: list[datetime] | None = None,
+) -> None:
     """Move a job's slice clocks into the past, as if time had passed."""
     sets = []
     if enqueued_s is not None:
@@ -51,24 +58,28 @@ def _age(conn, job_id: int, *, enqueued_s: float | None = None, started_s: float
         sets.append("started_at = timezone('utc', now()) - make_interval(secs => :st)")
     if state is not None:
         sets.append("state = :state")
-    conn.execute(text(f"UPDATE etl_slice SET {', '.join(sets)} WHERE job_id = :j "
-                      "AND (CAST(:starts AS timestamp[]) IS NULL OR slice_start = ANY(:starts))"),
-                 {"e": enqueued_s, "st": started_s, "state": state, "j": job_id,
-                  "starts": starts})
+    conn.execute(
+        text(
+            f"UPDATE etl_slice SET {', '.join(sets)} WHERE job_id = :j "
+            "AND (CAST(:starts AS timestamp[]) IS NULL OR slice_start = ANY(:starts))"
+        ),
+        {"e": enqueued_s, "st": started_s, "state": state, "j": job_id, "starts": starts},
+    )
     conn.commit()
 
 
-def _job(conn, day: date = DAY, hours: int = 2, *, priority: bool = False,
-         origin: str = "api") -> int:
-    job_id = jobs.store_job(conn, origin=origin, hours=day_hours(day)[:hours],
-                            priority=priority)
+def _job(
+    conn, day: date = DAY, hours: int = 2, *, priority: bool = False, origin: str = "api"
+) -> int:
+    job_id = jobs.store_job(conn, origin=origin, hours=day_hours(day)[:hours], priority=priority)
     conn.commit()
     return job_id
 
 
 def _lost(conn, *, bulk_empty: bool = False, priority_empty: bool = False) -> dict[int, list]:
-    found = find_lost_slices(conn, timeout_s=300, lookback_s=130, bulk_empty=bulk_empty,
-                             priority_empty=priority_empty)
+    found = find_lost_slices(
+        conn, timeout_s=300, lookback_s=130, bulk_empty=bulk_empty, priority_empty=priority_empty
+    )
     return {item.job_id: item.starts for item in found}
 
 
@@ -83,8 +94,11 @@ def test_cron_expressions_become_utc_crontabs():
 
 
 def test_schedule_comes_from_settings():
-    schedule = beat_schedule(Settings(etl_hourly_cron="15 * * * *", etl_daily_cron="30 3 * * *",
-                                      etl_reconcile_every_s=20))
+    schedule = beat_schedule(
+        Settings(
+            etl_hourly_cron="15 * * * *", etl_daily_cron="30 3 * * *", etl_reconcile_every_s=20
+        )
+    )
     assert schedule["etl-hourly"]["task"] == "scheduler.enqueue_hourly"
     assert schedule["etl-hourly"]["schedule"].minute == {15}
     assert schedule["etl-daily"]["schedule"].hour == {3}
@@ -103,7 +117,9 @@ def test_control_tasks_travel_in_the_priority_lane():
         queue = app.amqp.router.route({}, name, (), {})["queue"]
         assert queue.name == f"{app.conf.task_default_queue}.priority", name
     assert {q.name for q in app.conf.task_queues} == {
-        app.conf.task_default_queue, f"{app.conf.task_default_queue}.priority"}
+        app.conf.task_default_queue,
+        f"{app.conf.task_default_queue}.priority",
+    }
 
 
 # --- a job's status --------------------------------------------------------------------
@@ -121,7 +137,11 @@ def test_job_status_is_stored_and_moved_by_its_slices(target):
     assert jobs.settle_jobs(target, [job_id]) == 0  # one slice is still open
     view = jobs.get_job(target, job_id)
     assert (view.status, view.slices_succeeded, view.slices_failed, view.slices_pending) == (
-        "running", 1, 1, 1)
+        "running",
+        1,
+        1,
+        1,
+    )
     assert view.finished_at is None
     jobs.claim_slice(target, job_id, starts[2])
     jobs.wait_slice(target, job_id, starts[2], "API unreachable", first_s=60, max_s=900)
@@ -133,14 +153,19 @@ def test_job_status_is_stored_and_moved_by_its_slices(target):
     jobs.complete_slice(target, job_id, starts[2], 8)
     assert jobs.settle_jobs(target, [job_id]) == 1
     target.commit()
-    stored = target.execute(text(
-        "SELECT status, slices_succeeded, slices_failed, rows_written, finished_at IS NOT NULL "
-        "FROM etl_job WHERE id = :j"), {"j": job_id}).one()
+    stored = target.execute(
+        text(
+            "SELECT status, slices_succeeded, slices_failed, rows_written, finished_at IS NOT NULL "
+            "FROM etl_job WHERE id = :j"
+        ),
+        {"j": job_id},
+    ).one()
     assert tuple(stored) == ("failed", 2, 1, 16, True)
     view = jobs.get_job(target, job_id)
     assert (view.status, view.rows_written, view.slices_pending) == ("failed", 16, 0)
     assert [(e.slice_start, e.message) for e in view.errors] == [
-        (starts[1], "HTTP 404 from the API")]
+        (starts[1], "HTTP 404 from the API")
+    ]
     assert jobs.settle_jobs(target, [job_id]) == 0  # settled once
 
 
@@ -151,9 +176,15 @@ def test_waits_grow_from_the_reconcile_period_to_a_cap(target):
     for _ in range(5):
         jobs.claim_slice(target, job_id, hour)
         jobs.wait_slice(target, job_id, hour, "API unreachable", first_s=60, max_s=300)
-        waits.append(target.scalar(text(
-            "SELECT round(extract(epoch FROM retry_at - timezone('utc', now()))) "
-            "FROM etl_slice WHERE job_id = :j"), {"j": job_id}))
+        waits.append(
+            target.scalar(
+                text(
+                    "SELECT round(extract(epoch FROM retry_at - timezone('utc', now()))) "
+                    "FROM etl_slice WHERE job_id = :j"
+                ),
+                {"j": job_id},
+            )
+        )
         jobs.mark_sent(target, job_id, [hour])
     assert [int(w) for w in waits] == [60, 120, 240, 300, 300]
 
@@ -210,11 +241,23 @@ def test_queued_slices_are_lost_once_their_lane_got_past_them(target):
     late = _job(target, DAY + timedelta(days=1))
     other_lane = _job(target, DAY + timedelta(days=2), priority=True)
     _age(target, early, enqueued_s=700)
-    _age(target, other_lane, enqueued_s=690, started_s=360, state="succeeded",
-         starts=day_hours(DAY + timedelta(days=2))[:1])
+    _age(
+        target,
+        other_lane,
+        enqueued_s=690,
+        started_s=360,
+        state="succeeded",
+        starts=day_hours(DAY + timedelta(days=2))[:1],
+    )
     assert _lost(target) == {}  # the priority lane's progress says nothing of the bulk lane
-    _age(target, late, enqueued_s=650, started_s=250, state="succeeded",
-         starts=day_hours(DAY + timedelta(days=1))[:1])
+    _age(
+        target,
+        late,
+        enqueued_s=650,
+        started_s=250,
+        state="succeeded",
+        starts=day_hours(DAY + timedelta(days=1))[:1],
+    )
     assert _lost(target) == {}  # claimed too recently: the early ones may be in a worker's hands
     _age(target, late, started_s=360, starts=day_hours(DAY + timedelta(days=1))[:1])
     lost = _lost(target)
@@ -273,8 +316,10 @@ def test_a_pass_takes_settles_prunes_and_takes_turns(target):
     jobs.claim_slice(target, old, old_hour)
     jobs.complete_slice(target, old, old_hour, 8)
     jobs.settle_jobs(target, [old])
-    target.execute(text("UPDATE etl_job SET finished_at = finished_at - interval '91 days' "
-                        "WHERE id = :j"), {"j": old})
+    target.execute(
+        text("UPDATE etl_job SET finished_at = finished_at - interval '91 days' WHERE id = :j"),
+        {"j": old},
+    )
     target.commit()
     calls: list = []
 
@@ -283,8 +328,15 @@ def test_a_pass_takes_settles_prunes_and_takes_turns(target):
         return len(starts)
 
     def run():
-        return reconcile(target_engine(), timeout_s=300, lookback_s=130, bulk_empty=False,
-                         priority_empty=False, retention_days=90, send=send)
+        return reconcile(
+            target_engine(),
+            timeout_s=300,
+            lookback_s=130,
+            bulk_empty=False,
+            priority_empty=False,
+            retention_days=90,
+            send=send,
+        )
 
     # A second reconciler holding the lock makes this one skip its pass.
     with target_engine().connect() as other:
@@ -294,8 +346,11 @@ def test_a_pass_takes_settles_prunes_and_takes_turns(target):
     outcome = run()
     assert (outcome.resent, outcome.settled, outcome.pruned) == (1, 1, 1)
     assert calls == [(waiting, [hour], False)]
-    states = dict(target.execute(text("SELECT job_id, state FROM etl_slice WHERE job_id = :j"),
-                                 {"j": waiting}).all())
+    states = dict(
+        target.execute(
+            text("SELECT job_id, state FROM etl_slice WHERE job_id = :j"), {"j": waiting}
+        ).all()
+    )
     assert states == {waiting: SliceState.QUEUED}  # taken: the next pass leaves it alone
     assert jobs.get_job(target, done).status == "succeeded"
     assert jobs.get_job(target, old) is None  # bookkeeping pruned
@@ -340,8 +395,10 @@ def test_after_a_three_day_outage_beat_catches_up_once(target, sent, settings_en
     # At the next tick, and from a second beat at once, nothing is created twice.
     assert scheduler_tasks.hourly_jobs(now) == []
     results: list = []
-    threads = [threading.Thread(target=lambda: results.append(
-        scheduler_tasks.catch_up(now + HOUR))) for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(scheduler_tasks.catch_up(now + HOUR)))
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:

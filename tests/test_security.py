@@ -57,8 +57,11 @@ def assert_clean(where: str, text_: str, *, sql_too: bool = True) -> None:
 def start_api_even_if_unhealthy(env: dict[str, str]):
     """A real API server, once it answers /health at all (200 or 503)."""
     port = free_port()
-    proc = start("api", ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
-                         "--port", str(port), "--log-level", "info"], env)
+    proc = start(
+        "api",
+        ["-m", "api.serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"],
+        env,
+    )
     proc.url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.alive():
@@ -96,8 +99,9 @@ def test_the_token_is_compared_in_constant_time(client, settings_env, monkeypatc
     monkeypatch.setattr(hmac, "compare_digest", spy)
     settings_env(API_TOKEN="s3cret-token")
     # Same length, a different last byte: compare_digest decides, and says no.
-    denied = client.post("/jobs", json={"date": "2025-12-05"},
-                         headers={"Authorization": "Bearer s3cret-tokeN"})
+    denied = client.post(
+        "/jobs", json={"date": "2025-12-05"}, headers={"Authorization": "Bearer s3cret-tokeN"}
+    )
     assert denied.status_code == 401
     assert compared == [(b"s3cret-tokeN", b"s3cret-token")]
     assert "s3cret-token" not in denied.text
@@ -165,15 +169,18 @@ def test_databases_down_give_generic_503s_and_no_password_anywhere(fresh_dbs: Da
 def test_slice_errors_record_no_password_or_sql(fresh_dbs: Databases, procs, worker_factory):
     """The API's source is down: every slice waits after its retries, and the reasons
     that GET /jobs/{id} shows, and both logs, name the cause without any secret."""
-    api = start_api_even_if_unhealthy(process_env(
-        SOURCE_DATABASE_URL=with_password(fresh_dbs.source_url, SOURCE_PW, port=free_port()),
-        TARGET_DATABASE_URL=with_password(fresh_dbs.target_url, TARGET_PW),
-    ))
+    api = start_api_even_if_unhealthy(
+        process_env(
+            SOURCE_DATABASE_URL=with_password(fresh_dbs.source_url, SOURCE_PW, port=free_port()),
+            TARGET_DATABASE_URL=with_password(fresh_dbs.target_url, TARGET_PW),
+        )
+    )
     procs(api)
     worker = worker_factory(
         api.url.replace("http://", f"http://etl:{API_PW}@"),
         TARGET_DATABASE_URL=with_password(fresh_dbs.target_url, TARGET_PW),
-        ETL_MAX_RETRIES="1", ETL_RETRY_BACKOFF_MAX_S="1",
+        ETL_MAX_RETRIES="1",
+        ETL_RETRY_BACKOFF_MAX_S="1",
     )
     posted = httpx.post(f"{api.url}/jobs", json={"date": "2025-12-04"}, timeout=30)
     assert posted.status_code == 202, posted.text
@@ -185,8 +192,9 @@ def test_slice_errors_record_no_password_or_sql(fresh_dbs: Databases, procs, wor
     assert (job["status"], job["slices_failed"]) == ("running", 0)
     for waiting in job["waiting"]:
         assert waiting["message"].startswith("GET http://127.0.0.1:")
-        assert "answered HTTP 503: a database the service needs is not answering" in waiting[
-            "message"]
+        assert (
+            "answered HTTP 503: a database the service needs is not answering" in waiting["message"]
+        )
         assert waiting["message"].endswith("(after 2 attempts)")
         assert_clean("a slice's reason", waiting["message"])
     assert_clean("GET /jobs/{id}", httpx.get(job_url, timeout=10).text)
@@ -209,7 +217,8 @@ def test_a_worker_whose_target_and_broker_need_passwords_logs_none(fresh_dbs: Da
             CELERY_BROKER_URL=broker.url,
             TARGET_DATABASE_URL=with_password(fresh_dbs.target_url, TARGET_PW, port=free_port()),
             API_BASE_URL=f"http://etl:{API_PW}@127.0.0.1:{free_port()}",
-            ETL_MAX_RETRIES="1", ETL_RETRY_BACKOFF_MAX_S="1",
+            ETL_MAX_RETRIES="1",
+            ETL_RETRY_BACKOFF_MAX_S="1",
         )
         worker = run_worker(env, concurrency=1)
         procs(worker)
@@ -218,7 +227,8 @@ def test_a_worker_whose_target_and_broker_need_passwords_logs_none(fresh_dbs: Da
         # Two attempts fail on the target; the slice is left to the reconciler.
         assert worker.wait_for_log("left to the reconciler", timeout=30), worker.describe()
         assert worker.wait_for_log("raised expected: TargetUnavailable", timeout=10), (
-            worker.describe())
+            worker.describe()
+        )
         worker.stop()
         log = worker.log()
         assert f"redis://:**@127.0.0.1:{broker.port}" in log  # Celery masks it in its banner

@@ -55,8 +55,19 @@ def test_values_are_plausible_for_a_2mw_turbine(shared_dbs: Databases):
                                    OR ambient_temprature IS NULL)
            FROM data""",
     )
-    (ws_min, ws_max, ws_avg, p_min, p_max, t_min, t_max,
-     spin_below_cut_in, weak_at_rated, corr, gaps) = row
+    (
+        ws_min,
+        ws_max,
+        ws_avg,
+        p_min,
+        p_max,
+        t_min,
+        t_max,
+        spin_below_cut_in,
+        weak_at_rated,
+        corr,
+        gaps,
+    ) = row
     assert ws_min >= 0 and ws_max < 30 and 4 < ws_avg < 12
     assert p_min == 0 and p_max == 2000  # stops below cut-in, capped at rated
     assert -25 < t_min < t_max < 25
@@ -91,7 +102,8 @@ def test_reseeding_changes_nothing_and_keeps_edits(scratch_url: str):
     engine = create_engine(scratch_url)
     with engine.begin() as conn:
         conn.execute(
-            text("UPDATE data SET power = 1234.5 WHERE \"timestamp\" = '2025-12-03 10:00'"))
+            text("UPDATE data SET power = 1234.5 WHERE \"timestamp\" = '2025-12-03 10:00'")
+        )
     engine.dispose()
     assert seed(scratch_url) == 0
     count, edited = _scalar(

@@ -34,11 +34,14 @@ def write(rows: dict[tuple[datetime, str], float]) -> None:
     names = sorted({name for _, name in rows})
     with target_engine().begin() as conn:
         for name in names:
-            conn.execute(text("INSERT INTO signal (name) VALUES (:n) ON CONFLICT DO NOTHING"),
-                         {"n": name})
+            conn.execute(
+                text("INSERT INTO signal (name) VALUES (:n) ON CONFLICT DO NOTHING"), {"n": name}
+            )
         conn.execute(
-            text('INSERT INTO data ("timestamp", signal_id, value) '
-                 "SELECT :t, id, :v FROM signal WHERE name = :n"),
+            text(
+                'INSERT INTO data ("timestamp", signal_id, value) '
+                "SELECT :t, id, :v FROM signal WHERE name = :n"
+            ),
             [{"t": t, "n": n, "v": v} for (t, n), v in rows.items()],
         )
 
@@ -52,8 +55,12 @@ def series(api, *signals: str, **params) -> list[dict]:
 
 def test_signals_lists_names_and_ids_by_name(api):
     assert api.get("/signals").json() == []
-    write({(datetime(2025, 12, 5), "wind_speed_mean_10m"): 1.0,
-           (datetime(2025, 12, 5), "power_max_10m"): 2.0})
+    write(
+        {
+            (datetime(2025, 12, 5), "wind_speed_mean_10m"): 1.0,
+            (datetime(2025, 12, 5), "power_max_10m"): 2.0,
+        }
+    )
     listed = api.get("/signals").json()
     assert [s["name"] for s in listed] == ["power_max_10m", "wind_speed_mean_10m"]
     assert all(isinstance(s["id"], int) for s in listed)
@@ -64,23 +71,31 @@ def test_series_equals_the_statistics_postgresql_computes(api, module_dbs: Datab
     start, end = datetime(2025, 12, 5, 6), datetime(2025, 12, 5, 9)
     expected = expected_rows(module_dbs.source_url, start, end)
     write(expected)
-    rows = series(api, "wind_speed_mean_10m",
-                  start="2025-12-05T06:00:00", end="2025-12-05T08:50:00")
+    rows = series(
+        api, "wind_speed_mean_10m", start="2025-12-05T06:00:00", end="2025-12-05T08:50:00"
+    )
     assert [r["timestamp"] for r in rows] == [
         f"2025-12-05T{h:02d}:{m:02d}:00" for h in range(6, 9) for m in range(0, 60, 10)
     ]
     for row in rows:
         assert set(row) == {"timestamp", "wind_speed_mean_10m"}
         # Exact: PostgreSQL writes the shortest text that reads back as the same double.
-        assert row["wind_speed_mean_10m"] == expected[
-            (datetime.fromisoformat(row["timestamp"]), "wind_speed_mean_10m")
-        ]
+        assert (
+            row["wind_speed_mean_10m"]
+            == expected[(datetime.fromisoformat(row["timestamp"]), "wind_speed_mean_10m")]
+        )
 
 
 def test_repeated_signals_give_one_key_each_and_null_where_missing(api):
     t0, t1 = datetime(2025, 12, 5, 0, 0), datetime(2025, 12, 5, 0, 10)
-    write({(t0, "power_mean_10m"): 800.5, (t0, "power_std_10m"): 12.25,
-           (t1, "power_mean_10m"): 900.0, (t1, "wind_speed_mean_10m"): 7.5})
+    write(
+        {
+            (t0, "power_mean_10m"): 800.5,
+            (t0, "power_std_10m"): 12.25,
+            (t1, "power_mean_10m"): 900.0,
+            (t1, "wind_speed_mean_10m"): 7.5,
+        }
+    )
     rows = series(api, "power_std_10m", "power_mean_10m", "power_std_10m", start="2025-12-05")
     assert rows == [
         {"timestamp": "2025-12-05T00:00:00", "power_std_10m": 12.25, "power_mean_10m": 800.5},
@@ -92,18 +107,24 @@ def test_repeated_signals_give_one_key_each_and_null_where_missing(api):
 
 
 def test_the_range_is_inclusive_and_defaults_to_start_s_day(api):
-    write({(datetime(2025, 12, 4, 23, 50), "power_mean_10m"): 1.0,
-           (datetime(2025, 12, 5, 0, 0), "power_mean_10m"): 2.0,
-           (datetime(2025, 12, 5, 23, 50), "power_mean_10m"): 3.0,
-           (datetime(2025, 12, 6, 0, 0), "power_mean_10m"): 4.0})
+    write(
+        {
+            (datetime(2025, 12, 4, 23, 50), "power_mean_10m"): 1.0,
+            (datetime(2025, 12, 5, 0, 0), "power_mean_10m"): 2.0,
+            (datetime(2025, 12, 5, 23, 50), "power_mean_10m"): 3.0,
+            (datetime(2025, 12, 6, 0, 0), "power_mean_10m"): 4.0,
+        }
+    )
     day = series(api, "power_mean_10m", start="2025-12-05")
     assert [r["power_mean_10m"] for r in day] == [2.0, 3.0]
-    both_ends = series(api, "power_mean_10m",
-                       start="2025-12-04T23:50:00", end="2025-12-06T00:00:00")
+    both_ends = series(
+        api, "power_mean_10m", start="2025-12-04T23:50:00", end="2025-12-06T00:00:00"
+    )
     assert [r["power_mean_10m"] for r in both_ends] == [1.0, 2.0, 3.0, 4.0]
     # Offset-aware input is converted to UTC: 01:00+01:00 is midnight UTC.
-    shifted = series(api, "power_mean_10m", start="2025-12-05T01:00:00+01:00",
-                     end="2025-12-05T01:00:00+01:00")
+    shifted = series(
+        api, "power_mean_10m", start="2025-12-05T01:00:00+01:00", end="2025-12-05T01:00:00+01:00"
+    )
     assert [r["power_mean_10m"] for r in shifted] == [2.0]
 
 
@@ -119,16 +140,21 @@ def test_a_signal_outside_the_spec_names_is_served_when_the_target_has_it(api):
 
 
 def test_the_range_is_bounded_by_data_max_days(api, settings_env):
-    ok = api.get("/series", params={"signal": "power_mean_10m", "start": "2025-12-01",
-                                    "end": "2026-01-01T00:00:00"})
+    ok = api.get(
+        "/series",
+        params={"signal": "power_mean_10m", "start": "2025-12-01", "end": "2026-01-01T00:00:00"},
+    )
     assert ok.status_code == 200
-    response = api.get("/series", params={"signal": "power_mean_10m", "start": "2025-12-01",
-                                          "end": "2026-01-01T00:00:01"})
+    response = api.get(
+        "/series",
+        params={"signal": "power_mean_10m", "start": "2025-12-01", "end": "2026-01-01T00:00:01"},
+    )
     assert response.status_code == 422
     assert "longer than 31 days (DATA_MAX_DAYS)" in response.json()["detail"]
     settings_env(DATA_MAX_DAYS="1")
-    response = api.get("/series", params={"signal": "power_mean_10m", "start": "2025-12-01",
-                                          "end": "2025-12-03"})
+    response = api.get(
+        "/series", params={"signal": "power_mean_10m", "start": "2025-12-01", "end": "2025-12-03"}
+    )
     assert response.status_code == 422
     assert "longer than 1 days (DATA_MAX_DAYS)" in response.json()["detail"]
 
@@ -138,19 +164,35 @@ def test_the_range_is_bounded_by_data_max_days(api, settings_env):
     [
         ({"start": "2025-12-05"}, "signal is required"),
         ({"signal": "power_mean_10m"}, "start is required"),
-        ({"signal": "power_mean_10m", "start": "soon"},
-         "start 'soon' is not an ISO 8601 date-time such as 2025-12-05T00:00:00"),
-        ({"signal": "power_mean_10m", "start": "2025-12-05", "end": "2025-12-05T25:00:00"},
-         "end '2025-12-05T25:00:00' is not an ISO 8601 date-time such as 2025-12-05T00:00:00"),
-        ({"signal": "power_mean_10m", "start": "2025-12-05T10:00:00", "end": "2025-12-05T09:00:00"},
-         "end 2025-12-05T09:00:00 is before start 2025-12-05T10:00:00"),
-        ({"signal": "power_avg_10m", "start": "2025-12-05"},
-         "unknown signal 'power_avg_10m'; GET /signals lists them, e.g. wind_speed_mean_10m"),
-        ({"signal": ["power_mean_10m", "nope", 'x" FROM pg_user --'], "start": "2025-12-05"},
-         "unknown signal 'nope', 'x\" FROM pg_user --'; GET /signals lists them, "
-         "e.g. wind_speed_mean_10m"),
-        ({"signal": [f"s{i}" for i in range(13)], "start": "2025-12-05"},
-         "ask for at most 12 signals at once"),
+        (
+            {"signal": "power_mean_10m", "start": "soon"},
+            "start 'soon' is not an ISO 8601 date-time such as 2025-12-05T00:00:00",
+        ),
+        (
+            {"signal": "power_mean_10m", "start": "2025-12-05", "end": "2025-12-05T25:00:00"},
+            "end '2025-12-05T25:00:00' is not an ISO 8601 date-time such as 2025-12-05T00:00:00",
+        ),
+        (
+            {
+                "signal": "power_mean_10m",
+                "start": "2025-12-05T10:00:00",
+                "end": "2025-12-05T09:00:00",
+            },
+            "end 2025-12-05T09:00:00 is before start 2025-12-05T10:00:00",
+        ),
+        (
+            {"signal": "power_avg_10m", "start": "2025-12-05"},
+            "unknown signal 'power_avg_10m'; GET /signals lists them, e.g. wind_speed_mean_10m",
+        ),
+        (
+            {"signal": ["power_mean_10m", "nope", 'x" FROM pg_user --'], "start": "2025-12-05"},
+            "unknown signal 'nope', 'x\" FROM pg_user --'; GET /signals lists them, "
+            "e.g. wind_speed_mean_10m",
+        ),
+        (
+            {"signal": [f"s{i}" for i in range(13)], "start": "2025-12-05"},
+            "ask for at most 12 signals at once",
+        ),
     ],
 )
 def test_bad_input_is_422_with_a_readable_message(api, params, detail):

@@ -61,8 +61,7 @@ def _drop_created_jobs() -> Iterator[None]:
 
 def new_job(day: date = DAY, *, allow_empty: bool = False) -> int:
     with target_engine().begin() as conn:
-        job_id = jobs.store_job(conn, origin="cli", hours=day_hours(day),
-                                allow_empty=allow_empty)
+        job_id = jobs.store_job(conn, origin="cli", hours=day_hours(day), allow_empty=allow_empty)
     assert job_id is not None
     _created.append((get_settings().target_database_url, job_id))
     return job_id
@@ -83,8 +82,10 @@ def day_range(day: date = DAY) -> tuple[datetime, datetime]:
 def slice_row(job_id: int, hour: datetime):
     with target_engine().connect() as conn:
         return conn.execute(
-            text("SELECT state, attempts, rows_written, error FROM etl_slice "
-                 "WHERE job_id = :j AND slice_start = :h"),
+            text(
+                "SELECT state, attempts, rows_written, error FROM etl_slice "
+                "WHERE job_id = :j AND slice_start = :h"
+            ),
             {"j": job_id, "h": hour},
         ).one()
 
@@ -104,8 +105,10 @@ def target_snapshot(dbs: Databases, start: datetime, end: datetime) -> dict:
     try:
         with engine.connect() as conn:
             rows = conn.execute(
-                text('SELECT "timestamp", signal_id, value, xmin::text FROM data '
-                     'WHERE "timestamp" >= :s AND "timestamp" < :e'),
+                text(
+                    'SELECT "timestamp", signal_id, value, xmin::text FROM data '
+                    'WHERE "timestamp" >= :s AND "timestamp" < :e'
+                ),
                 {"s": start, "e": end},
             ).all()
     finally:
@@ -138,8 +141,11 @@ def failing_api(
         if answer is not None:
             return answer
         forwarded = inproc.get(request.url.path, params=request.url.params)
-        return httpx.Response(forwarded.status_code, content=forwarded.content,
-                              headers={"content-type": forwarded.headers["content-type"]})
+        return httpx.Response(
+            forwarded.status_code,
+            content=forwarded.content,
+            headers={"content-type": forwarded.headers["content-type"]},
+        )
 
     return httpx.Client(transport=httpx.MockTransport(handler)), seen
 
@@ -177,8 +183,10 @@ def test_a_rerun_leaves_the_target_exactly_as_it_was(dbs, api_server, settings_e
 
 def test_a_corrected_source_value_updates_the_target(fresh_dbs, inproc):
     run_day(client=inproc)
-    source_exec(fresh_dbs, "UPDATE data SET wind_speed = 99.5, power = -1 "
-                           "WHERE \"timestamp\" = '2025-12-05 10:03'")
+    source_exec(
+        fresh_dbs,
+        "UPDATE data SET wind_speed = 99.5, power = -1 WHERE \"timestamp\" = '2025-12-05 10:03'",
+    )
     job_id = new_job()
     assert run_slice(job_id, H10, client=inproc).state == "succeeded"
     rows = actual_rows(fresh_dbs.target_url, H10, H10 + HOUR)
@@ -190,10 +198,18 @@ def test_a_corrected_source_value_updates_the_target(fresh_dbs, inproc):
 def test_windows_that_lost_their_data_lose_their_rows(fresh_dbs, inproc):
     run_day(client=inproc)
     w10, w20 = H10 + timedelta(minutes=10), H10 + timedelta(minutes=20)
-    source_exec(fresh_dbs, "UPDATE data SET power = NULL WHERE \"timestamp\" >= :s AND "
-                           "\"timestamp\" < :e", s=w10, e=w10 + timedelta(minutes=10))
-    source_exec(fresh_dbs, "DELETE FROM data WHERE \"timestamp\" >= :s AND \"timestamp\" < :e",
-                s=w20, e=w20 + timedelta(minutes=10))
+    source_exec(
+        fresh_dbs,
+        'UPDATE data SET power = NULL WHERE "timestamp" >= :s AND "timestamp" < :e',
+        s=w10,
+        e=w10 + timedelta(minutes=10),
+    )
+    source_exec(
+        fresh_dbs,
+        'DELETE FROM data WHERE "timestamp" >= :s AND "timestamp" < :e',
+        s=w20,
+        e=w20 + timedelta(minutes=10),
+    )
     assert run_slice(new_job(), H10, client=inproc).state == "succeeded"
     rows = actual_rows(fresh_dbs.target_url, H10, H10 + HOUR)
     assert not [k for k in rows if k[0] == w10 and k[1].startswith("power_")]
@@ -204,12 +220,21 @@ def test_windows_that_lost_their_data_lose_their_rows(fresh_dbs, inproc):
 
 def test_null_gaps_and_missing_minutes(fresh_dbs, inproc):
     # NULLs and holes scattered over the day, some windows losing one variable.
-    source_exec(fresh_dbs, "UPDATE data SET wind_speed = NULL WHERE date_part('minute', "
-                           "\"timestamp\")::int % 7 = 3 AND \"timestamp\"::date = '2025-12-05'")
-    source_exec(fresh_dbs, "UPDATE data SET power = NULL WHERE \"timestamp\" BETWEEN "
-                           "'2025-12-05 04:00' AND '2025-12-05 05:59'")
-    source_exec(fresh_dbs, "DELETE FROM data WHERE date_part('minute', \"timestamp\")::int % 11 "
-                           "= 5 AND \"timestamp\"::date = '2025-12-05'")
+    source_exec(
+        fresh_dbs,
+        "UPDATE data SET wind_speed = NULL WHERE date_part('minute', "
+        '"timestamp")::int % 7 = 3 AND "timestamp"::date = \'2025-12-05\'',
+    )
+    source_exec(
+        fresh_dbs,
+        'UPDATE data SET power = NULL WHERE "timestamp" BETWEEN '
+        "'2025-12-05 04:00' AND '2025-12-05 05:59'",
+    )
+    source_exec(
+        fresh_dbs,
+        "DELETE FROM data WHERE date_part('minute', \"timestamp\")::int % 11 "
+        "= 5 AND \"timestamp\"::date = '2025-12-05'",
+    )
     _, outcomes = run_day(client=inproc)
     assert all(o.state == "succeeded" for o in outcomes)
     assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, *day_range())
@@ -218,8 +243,11 @@ def test_null_gaps_and_missing_minutes(fresh_dbs, inproc):
 
 
 def test_a_one_value_window_has_no_std(fresh_dbs, inproc):
-    source_exec(fresh_dbs, "DELETE FROM data WHERE \"timestamp\" > '2025-12-05 10:00' "
-                           "AND \"timestamp\" < '2025-12-05 10:10'")
+    source_exec(
+        fresh_dbs,
+        "DELETE FROM data WHERE \"timestamp\" > '2025-12-05 10:00' "
+        "AND \"timestamp\" < '2025-12-05 10:10'",
+    )
     assert run_slice(new_job(), H10, client=inproc).state == "succeeded"
     rows = actual_rows(fresh_dbs.target_url, H10, H10 + timedelta(minutes=10))
     assert sorted(name for _, name in rows) == sorted(
@@ -252,12 +280,19 @@ def test_an_hour_the_source_lost_entirely_is_not_erased_unless_asked(fresh_dbs, 
 
 
 def test_non_finite_source_values_are_ignored_and_counted(fresh_dbs, inproc):
-    source_exec(fresh_dbs, "UPDATE data SET wind_speed = 'NaN' WHERE \"timestamp\" IN "
-                           "('2025-12-05 10:01', '2025-12-05 10:02')")
-    source_exec(fresh_dbs, "UPDATE data SET power = 'Infinity' WHERE \"timestamp\" = "
-                           "'2025-12-05 10:13'")
-    source_exec(fresh_dbs, "UPDATE data SET power = '-Infinity', wind_speed = NULL "
-                           "WHERE \"timestamp\" = '2025-12-05 10:44'")
+    source_exec(
+        fresh_dbs,
+        "UPDATE data SET wind_speed = 'NaN' WHERE \"timestamp\" IN "
+        "('2025-12-05 10:01', '2025-12-05 10:02')",
+    )
+    source_exec(
+        fresh_dbs, "UPDATE data SET power = 'Infinity' WHERE \"timestamp\" = '2025-12-05 10:13'"
+    )
+    source_exec(
+        fresh_dbs,
+        "UPDATE data SET power = '-Infinity', wind_speed = NULL "
+        "WHERE \"timestamp\" = '2025-12-05 10:44'",
+    )
     job_id = new_job()
     outcome = run_slice(job_id, H10, client=inproc)
     assert (outcome.state, outcome.values_ignored) == ("succeeded", 4)  # NULL is not counted
@@ -270,8 +305,11 @@ def test_non_finite_source_values_are_ignored_and_counted(fresh_dbs, inproc):
 
 
 def test_a_timestamp_off_the_minute_counts_in_its_window(fresh_dbs, inproc):
-    source_exec(fresh_dbs, "INSERT INTO data VALUES ('2025-12-05 10:00:30', 1000.0, 0.0, 1.0), "
-                           "('2025-12-05 10:09:59.999', 1.0, 5000.0, 1.0)")
+    source_exec(
+        fresh_dbs,
+        "INSERT INTO data VALUES ('2025-12-05 10:00:30', 1000.0, 0.0, 1.0), "
+        "('2025-12-05 10:09:59.999', 1.0, 5000.0, 1.0)",
+    )
     assert run_slice(new_job(), H10, client=inproc).state == "succeeded"
     rows = actual_rows(fresh_dbs.target_url, H10, H10 + HOUR)
     assert rows[(H10, "wind_speed_max_10m")] == 1000.0
@@ -294,8 +332,12 @@ def test_concurrent_runs_of_one_slice_neither_deadlock_nor_mix(fresh_dbs, inproc
     run_day(client=inproc)
     # Change the source, then let eight runs (three of them on one job's slice)
     # write the hour at once.
-    source_exec(fresh_dbs, "UPDATE data SET power = power + 1.25 WHERE \"timestamp\" >= :s "
-                           "AND \"timestamp\" < :e", s=H10, e=H10 + HOUR)
+    source_exec(
+        fresh_dbs,
+        'UPDATE data SET power = power + 1.25 WHERE "timestamp" >= :s AND "timestamp" < :e',
+        s=H10,
+        e=H10 + HOUR,
+    )
     shared = new_job()
     job_ids = [shared, shared, shared, *(new_job() for _ in range(5))]
     barrier = threading.Barrier(len(job_ids))
@@ -327,8 +369,10 @@ def test_writers_of_one_hour_take_turns_on_its_advisory_lock(dbs, inproc):
     holder = create_engine(dbs.target_url, poolclass=NullPool)
     try:
         with holder.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"),
-                         {"a": SLICE_LOCK_SPACE, "b": slice_lock_key(H10)})
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(:a, :b)"),
+                {"a": SLICE_LOCK_SPACE, "b": slice_lock_key(H10)},
+            )
             thread = threading.Thread(
                 target=lambda: (run_slice(job_id, H10, client=inproc), finished.set())
             )
@@ -354,18 +398,22 @@ def test_the_newest_read_of_the_source_wins(fresh_dbs, inproc):
         forwarded = inproc.get(request.url.path, params=request.url.params)
         answered.set()  # produced from the uncorrected source, not delivered yet
         release.wait(30)
-        return httpx.Response(200, content=forwarded.content,
-                              headers={"content-type": "application/json"})
+        return httpx.Response(
+            200, content=forwarded.content, headers={"content-type": "application/json"}
+        )
 
     slow, _ = failing_api(inproc, hold_first_answer)
     first = threading.Thread(target=run_slice, args=(new_job(), H10), kwargs={"client": slow})
     first.start()
     assert answered.wait(30)
-    source_exec(fresh_dbs, "UPDATE data SET power = power + 7.5 WHERE \"timestamp\" >= :s "
-                           "AND \"timestamp\" < :e", s=H10, e=H10 + HOUR)
+    source_exec(
+        fresh_dbs,
+        'UPDATE data SET power = power + 7.5 WHERE "timestamp" >= :s AND "timestamp" < :e',
+        s=H10,
+        e=H10 + HOUR,
+    )
     done: list = []
-    second = threading.Thread(
-        target=lambda: done.append(run_slice(new_job(), H10, client=inproc)))
+    second = threading.Thread(target=lambda: done.append(run_slice(new_job(), H10, client=inproc)))
     second.start()
     second.join(1.5)
     assert not done, "the second copy read the source while the first held the hour"
@@ -437,14 +485,20 @@ def test_transient_failures_are_retried_until_the_api_answers(fresh_dbs, inproc)
 @pytest.mark.parametrize(
     ("answer", "message"),
     [
-        (httpx.Response(422, json={"detail": "start: not a datetime"}),
-         "HTTP 422: start: not a datetime"),
+        (
+            httpx.Response(422, json={"detail": "start: not a datetime"}),
+            "HTTP 422: start: not a datetime",
+        ),
         (httpx.Response(404, json={"detail": "Not Found"}), "HTTP 404: Not Found"),
         (httpx.Response(401, text="no"), "HTTP 401"),
         (httpx.Response(200, text="<html>hello</html>"), "malformed rows"),
         (httpx.Response(200, json=[{"timestamp": "2025-12-05T10:00:00"}]), "malformed rows"),
-        (httpx.Response(200, json=[{"timestamp": "2025-12-05T12:00:00", "wind_speed": 1,
-                                    "power": 2}]), "outside the hour"),
+        (
+            httpx.Response(
+                200, json=[{"timestamp": "2025-12-05T12:00:00", "wind_speed": 1, "power": 2}]
+            ),
+            "outside the hour",
+        ),
     ],
     ids=["422", "404", "401", "not-json", "missing-column", "outside-the-hour"],
 )
@@ -496,7 +550,8 @@ def test_the_app_is_configured_not_to_lose_messages():
     conf = app.conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
-    assert conf.worker_send_task_events and conf.task_send_sent_event
+    # Events only while a monitor enables them (Flower does), no "sent" events.
+    assert not conf.worker_send_task_events and not conf.task_send_sent_event
     assert conf.timezone == "UTC" and conf.enable_utc
     visibility = conf.broker_transport_options["visibility_timeout"]
     assert visibility == VISIBILITY_TIMEOUT_S

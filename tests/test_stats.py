@@ -39,8 +39,9 @@ def test_windows_are_half_open_and_labelled_by_their_start():
 
 
 def test_windows_align_to_the_clock_not_to_the_first_value():
-    stats = window_stats(np.array(minutes(10, T0 + timedelta(minutes=7)), "datetime64[us]"),
-                         np.ones(10))
+    stats = window_stats(
+        np.array(minutes(10, T0 + timedelta(minutes=7)), "datetime64[us]"), np.ones(10)
+    )
     assert stats.start.tolist() == [T0, T0 + timedelta(minutes=10)]
     assert stats.count.tolist() == [3, 7]
 
@@ -79,12 +80,15 @@ def test_one_value_gives_mean_min_max_but_no_std():
 
 
 def test_a_timestamp_off_the_minute_falls_in_the_window_holding_it():
-    stamps = [T0 + timedelta(minutes=9, seconds=59, microseconds=999_999),
-              T0 + timedelta(minutes=10)]
+    stamps = [
+        T0 + timedelta(minutes=9, seconds=59, microseconds=999_999),
+        T0 + timedelta(minutes=10),
+    ]
     stats = window_stats(stamps, np.array([1.0, 2.0]))
     assert stats.start.tolist() == [T0, T0 + timedelta(minutes=10)]
-    half = window_stats([T0 + timedelta(seconds=30), T0 + timedelta(minutes=1)],
-                        np.array([1.0, 3.0]))
+    half = window_stats(
+        [T0 + timedelta(seconds=30), T0 + timedelta(minutes=1)], np.array([1.0, 3.0])
+    )
     assert half.start.tolist() == [T0] and half.mean.tolist() == [2.0]
 
 
@@ -112,8 +116,14 @@ def test_mismatched_shapes_are_refused():
 
 def test_signal_names_follow_the_contract():
     assert signal_names(["wind_speed", "power"]) == [
-        "wind_speed_mean_10m", "wind_speed_min_10m", "wind_speed_max_10m", "wind_speed_std_10m",
-        "power_mean_10m", "power_min_10m", "power_max_10m", "power_std_10m",
+        "wind_speed_mean_10m",
+        "wind_speed_min_10m",
+        "wind_speed_max_10m",
+        "wind_speed_std_10m",
+        "power_mean_10m",
+        "power_min_10m",
+        "power_max_10m",
+        "power_std_10m",
     ]
 
 

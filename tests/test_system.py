@@ -24,7 +24,6 @@ from windfarm.db import target_engine
 pytestmark = pytest.mark.slow
 
 
-
 @pytest.fixture
 def stack(fresh_dbs: Databases):
     """Start processes on this test's databases; all stopped (logs printed) at teardown."""
@@ -63,8 +62,9 @@ def _wait_progress(api_url: str, job_id: int, succeeded: int, timeout: float = 6
 
 def _duplicates(target_url: str) -> int:
     with target_engine().connect() as conn:
-        return conn.scalar(text(
-            'SELECT count(*) - count(DISTINCT ("timestamp", signal_id)) FROM data'))
+        return conn.scalar(
+            text('SELECT count(*) - count(DISTINCT ("timestamp", signal_id)) FROM data')
+        )
 
 
 def test_one_day_job_over_http(fresh_dbs: Databases, stack):
@@ -77,8 +77,9 @@ def test_one_day_job_over_http(fresh_dbs: Databases, stack):
     counts = (shown["slices_succeeded"], shown["slices_failed"], shown["slices_pending"])
     assert counts == (24, 0, 0)
     assert shown["finished_at"] is not None and shown["errors"] == []
-    rows = assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url,
-                                        datetime(2025, 12, 5), datetime(2025, 12, 6))
+    rows = assert_target_matches_oracle(
+        fresh_dbs.source_url, fresh_dbs.target_url, datetime(2025, 12, 5), datetime(2025, 12, 6)
+    )
     assert shown["rows_written"] == rows
 
 
@@ -89,8 +90,9 @@ def test_ten_day_job_is_240_slices_equal_to_the_oracle(fresh_dbs: Databases, sta
     assert job["slices_total"] == 240
     view = wait_for_job(job["id"], timeout=180, procs=(api, worker))
     assert (view.status, view.slices_succeeded) == ("succeeded", 240)
-    rows = assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url,
-                                        datetime(2025, 12, 1), datetime(2025, 12, 11))
+    rows = assert_target_matches_oracle(
+        fresh_dbs.source_url, fresh_dbs.target_url, datetime(2025, 12, 1), datetime(2025, 12, 11)
+    )
     assert view.rows_written == rows
 
 
@@ -109,8 +111,9 @@ def test_a_worker_killed_mid_backfill_loses_and_duplicates_nothing(fresh_dbs: Da
     survivor = stack(run_worker(env, name="survivor"))
     view = wait_for_job(job["id"], timeout=180, procs=(api, survivor))
     assert (view.status, view.slices_succeeded, view.slices_failed) == ("succeeded", 240, 0)
-    rows = assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url,
-                                        datetime(2025, 12, 1), datetime(2025, 12, 11))
+    rows = assert_target_matches_oracle(
+        fresh_dbs.source_url, fresh_dbs.target_url, datetime(2025, 12, 1), datetime(2025, 12, 11)
+    )
     assert view.rows_written == rows
     assert _duplicates(fresh_dbs.target_url) == 0
 
@@ -135,8 +138,9 @@ def test_a_job_posted_while_the_broker_is_down_completes_after_it_returns(
         broker.start()  # same port, empty: nothing of the job was ever sent
         view = wait_for_job(job["id"], timeout=90, procs=(api, worker))
         assert (view.status, view.slices_succeeded) == ("succeeded", 24)
-        assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url,
-                                     datetime(2025, 12, 7), datetime(2025, 12, 8))
+        assert_target_matches_oracle(
+            fresh_dbs.source_url, fresh_dbs.target_url, datetime(2025, 12, 7), datetime(2025, 12, 8)
+        )
     finally:
         broker.stop()
 
@@ -145,15 +149,26 @@ def test_the_token_guards_posting_on_the_real_server(fresh_dbs: Databases, stack
     api = stack(run_api(process_env(API_TOKEN="t0ken-for-tests")))
     denied = httpx.post(f"{api.url}/jobs", json={"date": "2025-12-05"})
     assert denied.status_code == 401
-    assert httpx.post(f"{api.url}/jobs", json={"date": "2025-12-05"},
-                      headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert (
+        httpx.post(
+            f"{api.url}/jobs", json={"date": "2025-12-05"}, headers={"Authorization": "Bearer nope"}
+        ).status_code
+        == 401
+    )
     _post(api.url, {"date": "2025-12-05"}, Authorization="Bearer t0ken-for-tests")
 
 
 def test_two_beats_create_each_scheduled_job_and_the_catch_up_once(fresh_dbs: Databases, stack):
     api = stack(run_api(process_env()))
-    env = process_env(**{**FAST, "API_BASE_URL": api.url, "ETL_HOURLY_CRON": "* * * * *",
-                         "ETL_DAILY_CRON": "* * * * *", "ETL_CATCHUP_DAYS": "1"})
+    env = process_env(
+        **{
+            **FAST,
+            "API_BASE_URL": api.url,
+            "ETL_HOURLY_CRON": "* * * * *",
+            "ETL_DAILY_CRON": "* * * * *",
+            "ETL_CATCHUP_DAYS": "1",
+        }
+    )
     stack(run_worker(env))
     beats = [stack(run_beat(env, name="beat1")), stack(run_beat(env, name="beat2"))]
     for beat in beats:  # each beat sends both schedules at the next minute
@@ -162,9 +177,12 @@ def test_two_beats_create_each_scheduled_job_and_the_catch_up_once(fresh_dbs: Da
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with target_engine().connect() as conn:
-            keys = conn.execute(text(
-                "SELECT dedupe_key, count(*) FROM etl_job WHERE origin IN ('hourly', 'daily') "
-                "GROUP BY 1")).all()
+            keys = conn.execute(
+                text(
+                    "SELECT dedupe_key, count(*) FROM etl_job WHERE origin IN ('hourly', 'daily') "
+                    "GROUP BY 1"
+                )
+            ).all()
         if {k.split(":")[0] for k, _ in keys} == {"hourly", "daily"}:
             break
         time.sleep(0.5)
@@ -173,16 +191,23 @@ def test_two_beats_create_each_scheduled_job_and_the_catch_up_once(fresh_dbs: Da
     assert sum(1 for k in counted if k.startswith("hourly:")) >= 1
     assert set(counted.values()) == {1}, counted
     with target_engine().connect() as conn:
-        daily_slices = conn.scalar(text(
-            "SELECT slices_total FROM etl_job WHERE origin = 'daily' ORDER BY id LIMIT 1"))
+        daily_slices = conn.scalar(
+            text("SELECT slices_total FROM etl_job WHERE origin = 'daily' ORDER BY id LIMIT 1")
+        )
         # Both beats sent the catch-up at start and at each tick: one job filled the day.
-        catchups = conn.execute(text(
-            "SELECT j.id, count(*) FROM etl_job j JOIN etl_slice s ON s.job_id = j.id "
-            "WHERE j.origin = 'catchup' GROUP BY j.id")).all()
-        twice = conn.scalar(text(
-            "SELECT count(*) FROM (SELECT s.slice_start FROM etl_slice s JOIN etl_job j "
-            "ON j.id = s.job_id WHERE j.origin IN ('catchup', 'hourly') "
-            "GROUP BY 1 HAVING count(*) > 1) d"))
+        catchups = conn.execute(
+            text(
+                "SELECT j.id, count(*) FROM etl_job j JOIN etl_slice s ON s.job_id = j.id "
+                "WHERE j.origin = 'catchup' GROUP BY j.id"
+            )
+        ).all()
+        twice = conn.scalar(
+            text(
+                "SELECT count(*) FROM (SELECT s.slice_start FROM etl_slice s JOIN etl_job j "
+                "ON j.id = s.job_id WHERE j.origin IN ('catchup', 'hourly') "
+                "GROUP BY 1 HAVING count(*) > 1) d"
+            )
+        )
     assert daily_slices == 24
     assert len(catchups) == 1 and catchups[0][1] >= 23, catchups
     assert twice <= 1  # at most the last hour, if a catch-up ran before its hourly job
@@ -193,6 +218,8 @@ def test_flower_lists_the_tasks_behind_basic_auth(fresh_dbs: Databases, stack):
     env = process_env(API_BASE_URL=api.url, FLOWER_BASIC_AUTH="ops:flower-pass")
     flower = stack(run_flower(env))
     worker = stack(run_worker(env))
+    # Workers send task events only once a monitor asks: Flower does, remotely.
+    assert worker.wait_for_log("enabled by remote", timeout=30), worker.describe()
     job = _post(api.url, {"date": "2025-12-08"})
     wait_for_job(job["id"], timeout=60, procs=(api, worker))
     assert httpx.get(f"{flower.url}/api/tasks", timeout=10).status_code == 401
@@ -201,9 +228,13 @@ def test_flower_lists_the_tasks_behind_basic_auth(fresh_dbs: Databases, stack):
     while time.monotonic() < deadline:
         tasks = httpx.get(f"{flower.url}/api/tasks", auth=auth, timeout=10).json()
         # Task events are broker-wide: count only this job's tasks on this test's worker.
-        slices = [t for t in tasks.values() if t.get("name") == "workers.process_slice"
-                  and t.get("worker") == worker.hostname
-                  and str(t.get("args", "")).startswith(f"({job['id']},")]
+        slices = [
+            t
+            for t in tasks.values()
+            if t.get("name") == "workers.process_slice"
+            and t.get("worker") == worker.hostname
+            and str(t.get("args", "")).startswith(f"({job['id']},")
+        ]
         if len(slices) >= 24 and all(t["state"] == "SUCCESS" for t in slices):
             break
         time.sleep(0.5)

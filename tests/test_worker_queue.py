@@ -25,15 +25,17 @@ def day_start(day: date) -> datetime:
 
 def submit_day(day: date) -> int:
     """Store and send a one-day job, as the CLI's --enqueue does; its id."""
-    return submit_job(origin="cli", hours=jobs.job_slices(day, day)).id
+    return submit_job(origin="cli", hours=jobs.job_slices(day, day)).job.id
 
 
 def slices(job_id: int) -> dict[int, tuple]:
     """hour -> (state, attempts, enqueued) of a job's slices."""
     with target_engine().connect() as conn:
         rows = conn.execute(
-            text("SELECT slice_start, state, attempts, enqueued_at IS NOT NULL FROM etl_slice "
-                 "WHERE job_id = :j"),
+            text(
+                "SELECT slice_start, state, attempts, enqueued_at IS NOT NULL FROM etl_slice "
+                "WHERE job_id = :j"
+            ),
             {"j": job_id},
         ).all()
     return {r[0].hour: tuple(r[1:]) for r in rows}
@@ -68,8 +70,9 @@ def test_a_day_submitted_to_the_queue_is_processed_by_a_real_worker(dbs, worker)
     assert "workers.process_slice" in worker.log()
 
 
-def test_a_permanent_api_failure_fails_its_slice_at_once(fresh_dbs, api_server, worker_factory,
-                                                         proxy_factory):
+def test_a_permanent_api_failure_fails_its_slice_at_once(
+    fresh_dbs, api_server, worker_factory, proxy_factory
+):
     day = date(2025, 12, 3)
     proxy = proxy_factory(
         api_server.url,
@@ -115,7 +118,11 @@ def test_transient_failures_are_retried_with_backoff_then_wait_until_the_cause_i
         view = jobs.get_job(conn, job_id)
     # A transient cause never fails a slice: it waits, and the job shows why.
     assert (view.status, view.slices_succeeded, view.slices_failed, view.slices_waiting) == (
-        "running", 23, 0, 1)
+        "running",
+        23,
+        0,
+        1,
+    )
     [waiting] = view.waiting
     assert waiting.slice_start == five
     assert "HTTP 503: try again later (after 3 attempts)" in waiting.message
@@ -135,8 +142,12 @@ def test_transient_failures_are_retried_with_backoff_then_wait_until_the_cause_i
     assert {s for s, _, _ in states.values()} == {"succeeded"}
     # (05:00 cannot be among the first four requests: four other slices come first.)
     assert sum(attempts - 1 for _, attempts, _ in states.values()) == 4
-    assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url,
-                                 day_start(day), day_start(day) + timedelta(days=1))
+    assert_target_matches_oracle(
+        fresh_dbs.source_url,
+        fresh_dbs.target_url,
+        day_start(day),
+        day_start(day) + timedelta(days=1),
+    )
 
 
 @pytest.mark.slow
@@ -165,8 +176,12 @@ def test_a_slice_whose_worker_process_dies_is_redelivered(
     assert (view.status, view.slices_succeeded) == ("succeeded", 24)
     # Requeued on worker loss (not acknowledged as failed), then run again.
     assert slices(job_id)[2] == ("succeeded", 2, True)
-    assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url,
-                                 day_start(day), day_start(day) + timedelta(days=1))
+    assert_target_matches_oracle(
+        fresh_dbs.source_url,
+        fresh_dbs.target_url,
+        day_start(day),
+        day_start(day) + timedelta(days=1),
+    )
 
 
 def test_every_slice_of_a_large_job_is_sent_and_recorded_once(fresh_dbs):
@@ -175,12 +190,14 @@ def test_every_slice_of_a_large_job_is_sent_and_recorded_once(fresh_dbs):
     broker, queue = os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"]
     first, last = date(2025, 1, 1), date(2025, 4, 30)  # 120 days, 2,880 slices
     try:
-        view = submit_job(origin="cli", hours=jobs.job_slices(first, last))
+        view = submit_job(origin="cli", hours=jobs.job_slices(first, last)).job
         assert view.slices_total == 2880
         assert queue_length(broker, queue) == 2880
         with target_engine().connect() as conn:
-            unsent = conn.scalar(text("SELECT count(*) FROM etl_slice WHERE job_id = :j AND "
-                                      "enqueued_at IS NULL"), {"j": view.id})
+            unsent = conn.scalar(
+                text("SELECT count(*) FROM etl_slice WHERE job_id = :j AND enqueued_at IS NULL"),
+                {"j": view.id},
+            )
         assert unsent == 0
     finally:
         purge_queue(broker, queue)

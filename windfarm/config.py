@@ -6,8 +6,9 @@ change the environment and call ``get_settings.cache_clear()``.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -18,12 +19,19 @@ from windfarm.vocabulary import VARIABLES
 def _validate_cron(value: str) -> str:
     if len(value.split()) != 5:
         raise ValueError(
-            f"{value!r} is not a 5-field crontab expression (minute hour dom month dow)")
+            f"{value!r} is not a 5-field crontab expression (minute hour dom month dow)"
+        )
     return value
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # A .env file in the working directory also counts; WINDFARM_ENV_FILE names
+    # another, or none when empty (the tests run beside a developer's .env).
+    model_config = SettingsConfigDict(
+        env_file=os.environ.get("WINDFARM_ENV_FILE", ".env") or None,
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
 
     source_database_url: str = "postgresql+psycopg2://postgres:postgres@localhost:5432/source_db"
     target_database_url: str = "postgresql+psycopg2://postgres:postgres@localhost:5432/target_db"
@@ -48,10 +56,38 @@ class Settings(BaseSettings):
     etl_job_retention_days: int = Field(90, ge=1)
     # The longest a waiting slice waits before the reconciler sends it again.
     etl_wait_max_s: float = Field(900, gt=0)
+    # POST /jobs answers 429 while this many slices are open.
+    etl_max_open_slices: int = Field(50_000, ge=1)
+
+    # Where a worker node serves its Prometheus metrics (workers/metrics.py); 0: nowhere.
+    etl_metrics_port: int = Field(9808, ge=0, le=65535)
+    # One logging setup for every process (windfarm/logs.py).
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     etl_http_timeout_s: float = Field(10, gt=0)
     etl_max_retries: int = Field(8, ge=0)
     etl_retry_backoff_max_s: int = Field(60, ge=1)
+
+    # The API's exposure (api/security.py, api/limits.py, api/serve.py).
+    # Host names the API answers (comma-separated; a leading "*." allows
+    # subdomains); unset: any. Include the name the workers use (API_BASE_URL)
+    # and the one health checks use.
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    # Bytes of GET /data response bodies the API holds at once; beyond them it
+    # answers 503 with Retry-After before querying. Large ranges may take at
+    # most three quarters, so small reads (a worker's hour) still get through.
+    api_data_budget_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    # A client that does not take a piece of its response for this long is dropped.
+    api_send_timeout_s: float = Field(30, gt=0)
+    # python -m api.serve: a connection whose request headers are not complete
+    # this long after it opened, or after its next request began, is closed.
+    api_header_timeout_s: float = Field(10, gt=0)
+    # python -m api.serve: open connections at most; beyond them the oldest idle
+    # or header-less one is closed, or else the new one is refused.
+    api_max_connections: int = Field(1000, ge=1)
+    # python -m api.serve: an idle keep-alive connection is closed after this long.
+    api_keep_alive_s: int = Field(5, ge=1)
 
     @property
     def etl_priority_queue(self) -> str:
@@ -65,6 +101,13 @@ class Settings(BaseSettings):
             value = tuple(v.strip() for v in value.split(",") if v.strip())
         return value
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(h.strip().lower() for h in value.split(",") if h.strip())
+        return value
+
     @field_validator("etl_variables")
     @classmethod
     def _known_variables(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -72,6 +115,13 @@ class Settings(BaseSettings):
         if unknown or not value:
             raise ValueError(f"ETL_VARIABLES must name some of {', '.join(VARIABLES)}; got {value}")
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR; got {value!r}")
+        return value.upper()
 
     @field_validator("etl_hourly_cron", "etl_daily_cron")
     @classmethod
@@ -89,7 +139,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"ETL_CATCHUP_DAYS ({self.etl_catchup_days}) cannot exceed "
                 f"ETL_JOB_RETENTION_DAYS ({self.etl_job_retention_days}): catch-up reads the "
-                "bookkeeping of the hours it looks at")
+                "bookkeeping of the hours it looks at"
+            )
         return self
 
 

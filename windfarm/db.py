@@ -15,10 +15,10 @@ from sqlalchemy.exc import DBAPIError
 
 from windfarm.config import get_settings
 
-_engines: dict[tuple[int, str, bool], Engine] = {}
+_engines: dict[tuple[int, str, bool, bool], Engine] = {}
 
 
-def engine_for(url: str, *, autocommit: bool = False) -> Engine:
+def engine_for(url: str, *, autocommit: bool = False, pre_ping: bool = False) -> Engine:
     """The pooled engine of this process for ``url``.
 
     With ``autocommit`` the engine's connections never open a transaction:
@@ -26,18 +26,21 @@ def engine_for(url: str, *, autocommit: bool = False) -> Engine:
     one implicit transaction) commits on its own, in one round trip instead
     of BEGIN, statement, COMMIT. It has a pool of its own, so connections
     are not switched between modes on every checkout.
+
+    Without ``pre_ping`` (the workers' hot path) a connection that died is
+    invalidated, with the rest of the pool, on its first error, and callers
+    treat that error as transient; with it, every checkout costs a round trip
+    but a request never meets a connection a database restart killed.
     """
-    key = (os.getpid(), url, autocommit)
+    key = (os.getpid(), url, autocommit, pre_ping)
     engine = _engines.get(key)
     if engine is None:
-        # No pre-ping: it would cost a round trip on every checkout of the hot
-        # path. A connection that died is invalidated (with the rest of the
-        # pool) on its first error; callers treat that error as transient.
         engine = create_engine(
             url,
             pool_size=5,
             max_overflow=10,
             pool_recycle=1800,
+            pool_pre_ping=pre_ping,
             connect_args={"connect_timeout": 5},
             **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
         )
@@ -53,6 +56,21 @@ def target_engine() -> Engine:
     return engine_for(get_settings().target_database_url)
 
 
+def source_reader() -> Engine:
+    """The API's engine for reads of the source: autocommit, pre-pinged."""
+    return engine_for(get_settings().source_database_url, autocommit=True, pre_ping=True)
+
+
+def reachable(engine: Engine) -> bool:
+    """Whether the database answers a trivial query; raises nothing."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:  # noqa: BLE001 - any failure means unreachable
+        return False
+
+
 def autocommit(engine: Engine) -> Engine:
     """The autocommit twin of ``engine`` (see :func:`engine_for`)."""
     return engine_for(engine.url.render_as_string(hide_password=False), autocommit=True)
@@ -60,7 +78,7 @@ def autocommit(engine: Engine) -> Engine:
 
 def dispose_engines() -> None:
     """Forget every engine (after settings change, or in a freshly forked child)."""
-    for (pid, _, _), engine in list(_engines.items()):
+    for (pid, *_), engine in list(_engines.items()):
         if pid == os.getpid():
             engine.dispose()
         else:
@@ -68,10 +86,17 @@ def dispose_engines() -> None:
     _engines.clear()
 
 
+def _database_name(url: str) -> str:
+    name = make_url(url).database
+    if not name:
+        raise ValueError("the database URL names no database")
+    return name
+
+
 def ensure_database(url: str) -> bool:
     """Create the database ``url`` names if it does not exist; True when created."""
     parsed = make_url(url)
-    name = parsed.database
+    name = _database_name(url)
     admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
@@ -97,7 +122,7 @@ def drop_database(url: str) -> None:
     admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            quoted = conn.dialect.identifier_preparer.quote(parsed.database)
+            quoted = conn.dialect.identifier_preparer.quote(_database_name(url))
             conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
     finally:
         admin.dispose()

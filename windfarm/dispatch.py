@@ -14,12 +14,14 @@ This module imports no task code: the API, beat's tasks and the CLI publish
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from kombu.exceptions import ChannelError
+from kombu.transport.redis import Channel as RedisChannel
 from sqlalchemy import text
 
 from windfarm import jobs
@@ -46,25 +48,53 @@ def publish(job_id: int, starts: Sequence[datetime], *, priority: bool = False) 
         with app.producer_or_acquire() as producer:
             for i in range(0, len(starts), CHUNK):
                 chunk = starts[i : i + CHUNK]
-                with _pipelined(producer, len(chunk)):
+                with _pipelined(producer):
                     for start in chunk:
-                        app.send_task(SLICE_TASK, (job_id, start.isoformat()), queue=queue,
-                                      routing_key=queue, producer=producer, retry=False)
+                        hour = start.isoformat()
+                        # The args' repr, given: Celery would build it per message.
+                        app.send_task(
+                            SLICE_TASK,
+                            (job_id, hour),
+                            queue=queue,
+                            routing_key=queue,
+                            producer=producer,
+                            retry=False,
+                            argsrepr=f"({job_id}, '{hour}')",
+                            kwargsrepr="{}",
+                        )
                 sent += len(chunk)
     except Exception as exc:  # noqa: BLE001 - any broker failure: the database keeps the rest
         log.warning(
             "job %s: broker refused slices (%s: %s); %d of %d sent, "
             "the rest wait for the reconciler",
-            job_id, type(exc).__name__, exc, sent, len(starts),
+            job_id,
+            type(exc).__name__,
+            exc,
+            sent,
+            len(starts),
+            extra={"job_id": job_id},
         )
     return sent
 
 
-def _pipelined(producer, messages: int):
-    """Buffer the chunk's Redis commands (a message and its sent event each) and
-    execute them together on exit; kombu < 5.7 has no batches and sends at once."""
-    batch = getattr(producer, "batch", None)
-    return batch(max_size=4 * messages + 16) if batch else nullcontext()
+@contextmanager
+def _pipelined(producer: Any) -> Iterator[None]:
+    """With Redis, send the chunk's messages in one round trip: kombu's Redis
+    channel pushes each message on a client it asks ``conn_or_acquire`` for
+    (a new client object per message, one round trip each); here it gets one
+    pipeline, executed on exit. A failure there fails the whole chunk, which
+    then counts as unsent. Other brokers publish message by message."""
+    channel = producer.channel
+    if not isinstance(channel, RedisChannel):
+        yield
+        return
+    pipe = channel._create_client().pipeline(transaction=False)
+    channel.conn_or_acquire = lambda client=None: nullcontext(pipe)
+    try:
+        yield
+    finally:
+        del channel.conn_or_acquire  # the class's method again
+    pipe.execute()
 
 
 def send_slices(job_id: int, starts: Sequence[datetime], *, priority: bool = False) -> int:
@@ -76,13 +106,36 @@ def send_slices(job_id: int, starts: Sequence[datetime], *, priority: bool = Fal
             with target_engine().begin() as conn:
                 jobs.mark_unsent(conn, job_id, list(starts[sent:]))
         except Exception as exc:  # noqa: BLE001 - then they look lost, and are resent later
-            log.warning("job %s: could not record %d unsent slices: %s", job_id,
-                        len(starts) - sent, type(exc).__name__)
+            log.warning(
+                "job %s: could not record %d unsent slices: %s",
+                job_id,
+                len(starts) - sent,
+                type(exc).__name__,
+                extra={"job_id": job_id},
+            )
     return sent
 
 
 def _now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     fn(*args, **kwargs)
+
+
+class TooManyOpenSlices(Exception):
+    """Storing a job would take the open slices past ``ETL_MAX_OPEN_SLICES``."""
+
+    def __init__(self, open_slices: int, limit: int) -> None:
+        super().__init__(
+            f"{open_slices} slices are open, and the job would take them past "
+            f"{limit} (ETL_MAX_OPEN_SLICES); try again once some have ended"
+        )
+        self.open_slices = open_slices
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: jobs.JobView
+    created: bool  # False: an open job already covered the hours (``reuse_open``)
 
 
 def submit_job(
@@ -93,28 +146,65 @@ def submit_job(
     allow_empty: bool = False,
     dedupe_key: str | None = None,
     only_missing: bool = False,
+    reuse_open: bool = False,
+    max_open_slices: int | None = None,
     defer: Callable[..., Any] = _now,
-) -> jobs.JobView | None:
+) -> Submitted | None:
     """Store a job of the slices ``hours`` (committed, its connection given back),
     then send them through ``defer(send_slices, ...)``: at once by default, or
-    later (the API passes its background tasks).
-
-    ``only_missing`` keeps only the hours with neither a succeeded nor an open
-    slice, decided under a lock that concurrent callers take in turn, so two
-    schedulers fill a gap once. The stored job, or None when a job with
+    later (the API passes its background tasks). None when a job with
     ``dedupe_key`` exists or no hour is left.
+
+    Decided under a lock that concurrent callers take in turn:
+
+    - ``only_missing`` keeps only the hours with neither a succeeded nor an
+      open slice, so two schedulers fill a gap once;
+    - ``reuse_open`` returns the open job of the same origin (and
+      ``allow_empty``) that already covers the hours instead of a new one;
+    - ``max_open_slices`` refuses (:class:`TooManyOpenSlices`) a job that would
+      take the open slices past it.
     """
     with target_engine().begin() as conn:
-        if only_missing:
+        if only_missing or reuse_open or max_open_slices is not None:
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('windfarm-etl submit'))"))
+        if only_missing:
             hours = jobs.missing_hours(conn, hours)
-        job_id = (jobs.store_job(conn, origin=origin, hours=hours, priority=priority,
-                                 allow_empty=allow_empty, dedupe_key=dedupe_key)
-                  if hours else None)
+        if not hours:
+            return None
+        if reuse_open and (
+            covering := jobs.open_job_covering(
+                conn, origin=origin, hours=hours, allow_empty=allow_empty
+            )
+        ):
+            found = jobs.get_job(conn, covering)
+            assert found is not None  # read under the lock that guards its creation
+            return Submitted(found, created=False)
+        if max_open_slices is not None:
+            open_now = jobs.open_slices(conn)
+            if open_now + len(hours) > max_open_slices:
+                raise TooManyOpenSlices(open_now, max_open_slices)
+        job_id = jobs.store_job(
+            conn,
+            origin=origin,
+            hours=hours,
+            priority=priority,
+            allow_empty=allow_empty,
+            dedupe_key=dedupe_key,
+        )
         view = jobs.get_job(conn, job_id) if job_id is not None else None
-    if view is not None:
-        defer(send_slices, view.id, hours, priority=priority)
-    return view
+    if view is None:
+        return None
+    log.info(
+        "job %d stored (%s): %d slice(s) from %s to %s",
+        view.id,
+        origin,
+        len(hours),
+        view.first_hour.isoformat(),
+        view.last_hour.isoformat(),
+        extra={"job_id": view.id, "origin": str(origin), "slices_total": len(hours)},
+    )
+    defer(send_slices, view.id, hours, priority=priority)
+    return Submitted(view, created=True)
 
 
 def queue_length(queue: str) -> int | None:

@@ -26,6 +26,7 @@ here run them one at a time, for every other caller and for tests.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -60,12 +61,12 @@ def check_days(first: date, last: date, *, max_days: int) -> None:
     days = (last - first).days + 1
     if days > max_days:
         raise RangeError(
-            f"{first} .. {last} is {days} days, more than {max_days} days (JOBS_MAX_DAYS); "
-            "split it")
+            f"{first} .. {last} is {days} days, more than {max_days} days (JOBS_MAX_DAYS); split it"
+        )
     if last == date.max:
         raise RangeError(
-            f"the hours of {last} cannot be represented: its last slice would end after "
-            "year 9999")
+            f"the hours of {last} cannot be represented: its last slice would end after year 9999"
+        )
 
 
 def job_slices(start_date: date, end_date: date) -> list[datetime]:
@@ -110,10 +111,18 @@ def store_job(
     :func:`mark_unsent`. So every send is recorded, once, even if the sender
     dies right after publishing.
     """
-    job_id = conn.scalar(_STORE_JOB, {
-        "origin": origin, "priority": priority, "allow_empty": allow_empty,
-        "dedupe_key": dedupe_key, "first": hours[0], "last": hours[-1], "total": len(hours),
-    })
+    job_id = conn.scalar(
+        _STORE_JOB,
+        {
+            "origin": origin,
+            "priority": priority,
+            "allow_empty": allow_empty,
+            "dedupe_key": dedupe_key,
+            "first": hours[0],
+            "last": hours[-1],
+            "total": len(hours),
+        },
+    )
     if job_id is not None:
         conn.execute(_STORE_SLICES, {"job_id": job_id, "hours": hours, "sent": sent})
     return job_id
@@ -227,7 +236,25 @@ UPDATE etl_job j
        finished_at = coalesce(c.finished_at, {_NOW})
   FROM counts c
  WHERE j.id = c.job_id AND j.status IN {_OPEN_JOB}
+RETURNING j.id, j.origin, j.status, j.slices_total, j.slices_succeeded, j.slices_failed,
+          j.rows_written, j.values_ignored, j.created_at, j.finished_at
 """
+
+
+@dataclass(frozen=True)
+class EndedJob:
+    """A job that :data:`SETTLE_SQL` just ended, as it returns it."""
+
+    id: int
+    origin: str
+    status: str
+    slices_total: int
+    slices_succeeded: int
+    slices_failed: int
+    rows_written: int
+    values_ignored: int
+    created_at: datetime
+    finished_at: datetime
 
 
 @dataclass(frozen=True)
@@ -251,12 +278,20 @@ def claim_slice(conn: Connection, job_id: int, slice_start: datetime) -> Claim |
 
 
 def complete_slice(
-    conn: Connection, job_id: int, slice_start: datetime, rows_written: int, *,
+    conn: Connection,
+    job_id: int,
+    slice_start: datetime,
+    rows_written: int,
+    *,
     values_ignored: int = 0,
 ) -> bool:
     """Mark an open slice succeeded; whether it was open."""
-    params = {"job_id": job_id, "slice_start": slice_start, "rows_written": rows_written,
-              "values_ignored": values_ignored}
+    params = {
+        "job_id": job_id,
+        "slice_start": slice_start,
+        "rows_written": rows_written,
+        "values_ignored": values_ignored,
+    }
     return _run(conn, COMPLETE_SQL, params).rowcount == 1
 
 
@@ -273,13 +308,23 @@ def requeue_slice(conn: Connection, job_id: int, slice_start: datetime, message:
 
 
 def wait_slice(
-    conn: Connection, job_id: int, slice_start: datetime, message: str, *,
-    first_s: float, max_s: float,
+    conn: Connection,
+    job_id: int,
+    slice_start: datetime,
+    message: str,
+    *,
+    first_s: float,
+    max_s: float,
 ) -> bool:
     """Leave an open slice waiting for the reconciler (see :data:`WAIT_SQL`);
     whether it was open."""
-    params = {"job_id": job_id, "slice_start": slice_start, "message": message,
-              "first_s": first_s, "max_s": max_s}
+    params = {
+        "job_id": job_id,
+        "slice_start": slice_start,
+        "message": message,
+        "first_s": first_s,
+        "max_s": max_s,
+    }
     return _run(conn, WAIT_SQL, params).rowcount == 1
 
 
@@ -381,20 +426,33 @@ _NOTES = text(
 def _view(row: Any, notes: _Notes) -> JobView:
     errors, waiting = notes.get(row.id, ([], []))
     return JobView(
-        id=row.id, status=row.status, origin=row.origin, start_date=row.start_date,
-        end_date=row.end_date, first_hour=row.first_hour, last_hour=row.last_hour,
-        allow_empty=row.allow_empty, slices_total=row.slices_total,
-        slices_succeeded=row.succeeded, slices_failed=row.failed, slices_running=row.running,
-        slices_waiting=row.waiting, slices_pending=row.queued + row.running + row.waiting,
-        rows_written=row.rows_written, values_ignored=row.values_ignored,
-        created_at=row.created_at, finished_at=row.finished_at, errors=errors, waiting=waiting,
+        id=row.id,
+        status=row.status,
+        origin=row.origin,
+        start_date=row.start_date,
+        end_date=row.end_date,
+        first_hour=row.first_hour,
+        last_hour=row.last_hour,
+        allow_empty=row.allow_empty,
+        slices_total=row.slices_total,
+        slices_succeeded=row.succeeded,
+        slices_failed=row.failed,
+        slices_running=row.running,
+        slices_waiting=row.waiting,
+        slices_pending=row.queued + row.running + row.waiting,
+        rows_written=row.rows_written,
+        values_ignored=row.values_ignored,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        errors=errors,
+        waiting=waiting,
     )
 
 
 _Notes = dict[int, tuple[list[SliceNote], list[SliceNote]]]
 
 
-def _notes(conn: Connection, rows: list[Any]) -> _Notes:
+def _notes(conn: Connection, rows: Sequence[Any]) -> _Notes:
     ids = [r.id for r in rows if r.failed or r.waiting]
     if not ids:
         return {}
@@ -421,7 +479,8 @@ def list_jobs(
 ) -> list[JobView]:
     """The newest ``limit`` jobs, newest first, optionally of one status or origin."""
     where = " AND ".join(
-        clause for clause, value in (("j.status = :status", status), ("j.origin = :origin", origin))
+        clause
+        for clause, value in (("j.status = :status", status), ("j.origin = :origin", origin))
         if value is not None
     )
     sql = f"{_JOBS} {'WHERE ' + where if where else ''} ORDER BY j.id DESC LIMIT :limit"
@@ -446,6 +505,26 @@ def missing_hours(conn: Connection, hours: list[datetime]) -> list[datetime]:
     return list(conn.scalars(_MISSING, {"hours": hours})) if hours else []
 
 
+_COVERING = text(
+    f"""
+    SELECT id FROM etl_job
+     WHERE status IN {_OPEN_JOB} AND origin = :origin AND allow_empty = :allow_empty
+       AND first_hour <= :first AND last_hour >= :last
+     ORDER BY id DESC LIMIT 1
+    """
+)
+
+
+def open_job_covering(
+    conn: Connection, *, origin: str, hours: list[datetime], allow_empty: bool
+) -> int | None:
+    """The newest open job of ``origin`` whose range covers ``hours``, if any."""
+    return conn.scalar(
+        _COVERING,
+        {"origin": origin, "allow_empty": allow_empty, "first": hours[0], "last": hours[-1]},
+    )
+
+
 def open_slices(conn: Connection) -> int:
     """Slices not yet ended, in every job."""
     return conn.scalar(text(f"SELECT count(*) FROM etl_slice WHERE state IN {_OPEN}"))
@@ -468,4 +547,3 @@ def prune_jobs(conn: Connection, *, older_than_days: int, batch: int = 500) -> i
     """Delete up to ``batch`` jobs (with their slices) that ended more than
     ``older_than_days`` ago; the statistics they wrote stay. How many went."""
     return conn.execute(_PRUNE, {"days": older_than_days, "batch": batch}).rowcount
-

@@ -117,8 +117,11 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(f"status IN {sql_list(JobStatus)}", name="etl_job_status"),
         Index("etl_job_open", "id", postgresql_where=text(f"status IN {sql_list(OPEN_JOB)}")),
-        Index("etl_job_finished", "finished_at",
-              postgresql_where=text(f"status IN {sql_list(ENDED_JOB)}")),
+        Index(
+            "etl_job_finished",
+            "finished_at",
+            postgresql_where=text(f"status IN {sql_list(ENDED_JOB)}"),
+        ),
     )
 
 
@@ -148,15 +151,27 @@ class Slice(Base):
     __table_args__ = (
         CheckConstraint(f"state IN {sql_list(SliceState)}", name="etl_slice_state"),
         # Open slices by job: settling a job, counting an open job, the reconciler.
-        Index("etl_slice_open", "job_id", "slice_start",
-              postgresql_where=text(f"state IN {sql_list(OPEN_STATES)}")),
+        Index(
+            "etl_slice_open",
+            "job_id",
+            "slice_start",
+            postgresql_where=text(f"state IN {sql_list(OPEN_STATES)}"),
+        ),
         # A job's failed slices, for its errors without reading all its slices.
-        Index("etl_slice_failed", "job_id", "slice_start",
-              postgresql_where=text(f"state = '{SliceState.FAILED}'")),
+        Index(
+            "etl_slice_failed",
+            "job_id",
+            "slice_start",
+            postgresql_where=text(f"state = '{SliceState.FAILED}'"),
+        ),
         # Runs of an hour, and its newest success: partitions and catch-up.
         Index("etl_slice_hour", "slice_start", "job_id"),
-        Index("etl_slice_succeeded", "slice_start", "finished_at",
-              postgresql_where=text(f"state = '{SliceState.SUCCEEDED}'")),
+        Index(
+            "etl_slice_succeeded",
+            "slice_start",
+            "finished_at",
+            postgresql_where=text(f"state = '{SliceState.SUCCEEDED}'"),
+        ),
         # Recent claims: how far each lane's queue has been consumed.
         Index("etl_slice_started", "started_at"),
     )

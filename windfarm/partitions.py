@@ -91,8 +91,11 @@ def catchup_start(now: dt.datetime, settings: Settings) -> dt.datetime:
 
 def grid(conn: Connection, first: dt.date, last: dt.date, *, catchup_from: dt.datetime) -> str:
     """The grid of ``[first, last]`` as JSON text."""
-    return conn.scalar(_GRID, {
-        "first": dt.datetime.combine(first, dt.time.min),
-        "after": dt.datetime.combine(last + dt.timedelta(days=1), dt.time.min),
-        "catchup_from": catchup_from,
-    })
+    return conn.scalar(
+        _GRID,
+        {
+            "first": dt.datetime.combine(first, dt.time.min),
+            "after": dt.datetime.combine(last + dt.timedelta(days=1), dt.time.min),
+            "catchup_from": catchup_from,
+        },
+    )

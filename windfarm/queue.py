@@ -19,7 +19,8 @@ Reliability choices (see the project's PITFALLS notes):
 - late acks + requeue on worker loss + prefetch 1: a message leaves the broker
   only once its task has finished, and a crash strands at most the tasks
   actually running;
-- ``visibility_timeout`` 600 s: Redis hands an unacknowledged message to
+- ``visibility_timeout`` 600 s (Redis only; RabbitMQ redelivers a dead
+  connection's messages at once): Redis hands an unacknowledged message to
   another worker after it. It must exceed the longest a message is held
   before its ack: the largest retry countdown (:data:`MAX_RETRY_DELAY_S`)
   plus the hard time limit;
@@ -36,6 +37,7 @@ from celery import Celery
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
+from windfarm import logs
 from windfarm.config import Settings, get_settings
 
 SLICE_TASK = "workers.process_slice"
@@ -84,6 +86,33 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     }
 
 
+REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+socket", "sentinel"})
+
+
+def transport_options(broker_url: str) -> dict[str, Any]:
+    """The broker's transport options: those of every broker, and Redis's own.
+
+    kombu hands unknown options to the AMQP client, which ignores them, so the
+    Redis ones are given to Redis only. RabbitMQ needs no counterpart of them:
+    it redelivers a message as soon as the connection that held it closes (no
+    ``visibility_timeout``), and the AMQP connect and handshake already wait at
+    most ``broker_connection_timeout``. Its own bound on holding a message
+    unacknowledged, the server's ``consumer_timeout`` (30 min by default), is
+    far above the longest hold here (:data:`MAX_RETRY_DELAY_S` plus a run).
+    """
+    options: dict[str, Any] = {
+        # Publishing gives up after one quick reconnect instead of retrying on.
+        "max_retries": 1,
+        "interval_start": 0,
+        "interval_step": 0.5,
+    }
+    if broker_url.partition("://")[0].lower() in REDIS_SCHEMES:
+        options.update(
+            visibility_timeout=VISIBILITY_TIMEOUT_S, socket_connect_timeout=3, socket_timeout=5
+        )
+    return options
+
+
 def _queue(name: str) -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
@@ -105,8 +134,12 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_prefetch_multiplier=1,
         # Many short tasks and no rate limits: skip the per-task bucket check.
         worker_disable_rate_limits=True,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events cost three Redis commands a slice: workers send them only
+        # while a monitor asks (Flower enables them remotely every few seconds),
+        # and producers never send "task-sent" (a second message per slice).
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        # Nobody reads a slice task's return value: no result is stored.
         task_ignore_result=True,
         timezone="UTC",
         enable_utc=True,
@@ -114,18 +147,13 @@ def configure(app: Celery, settings: Settings) -> None:
         task_time_limit=TASK_TIME_LIMIT_S,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
-        broker_transport_options={
-            "visibility_timeout": VISIBILITY_TIMEOUT_S,
-            "socket_connect_timeout": 3,
-            "socket_timeout": 5,
-            # Publishing gives up after one quick reconnect instead of retrying on.
-            "max_retries": 1,
-            "interval_start": 0,
-            "interval_step": 0.5,
-        },
+        broker_transport_options=transport_options(settings.celery_broker_url),
         worker_hijack_root_logger=True,
     )
 
 
 app = Celery("windfarm")
 configure(app, get_settings())
+# Every Celery process (worker, beat, Flower) logs through windfarm/logs.py.
+logs.use_for_celery()
+logs.quiet_noise()

@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
 
-from windfarm import jobs
+from windfarm import __version__, jobs
 from windfarm.config import get_settings
 from windfarm.db import target_engine
+from windfarm.logs import setup_logging
 from windfarm.models import Origin, create_schema
 from workers.errors import TransientError, describe
 from workers.run import SliceOutcome, leave_waiting, run_slice
@@ -52,10 +53,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--enqueue", action="store_true", help="send the slices to the workers")
     parser.add_argument("--wait", action="store_true", help="with --enqueue: follow the job")
     parser.add_argument("--timeout", type=float, help="with --wait: stop waiting after N seconds")
-    parser.add_argument("--allow-empty", action="store_true",
-                        help="let a slice erase an hour's statistics when the source has no "
-                             "rows for it")
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="let a slice erase an hour's statistics when the source has no rows for it",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every slice")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
     if args.date and (args.start or args.end):
         parser.error("give --date, or --start and --end, not both")
@@ -74,15 +78,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # The summary says what failed; the per-slice log is for --verbose.
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
-                        format="etl: %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The summary says what failed; the per-slice log is for --verbose. LOG_FORMAT applies.
+    setup_logging(level=logging.DEBUG if args.verbose else logging.ERROR)
     began = time.monotonic()
     try:
         if args.enqueue:
-            return enqueue(args.start, args.end, wait=args.wait, timeout=args.timeout,
-                           allow_empty=args.allow_empty, began=began)
+            return enqueue(
+                args.start,
+                args.end,
+                wait=args.wait,
+                timeout=args.timeout,
+                allow_empty=args.allow_empty,
+                began=began,
+            )
         return run_days(args.start, args.end, allow_empty=args.allow_empty)
     except CliError as exc:
         print(f"etl: {exc}", file=sys.stderr)
@@ -105,16 +113,23 @@ def submit(start: date, end: date, *, allow_empty: bool, enqueue: bool) -> tuple
         from windfarm.dispatch import submit_job  # loads Celery: only once it is needed
 
         create_schema(target_engine())
-        view = submit_job(origin=Origin.CLI, hours=jobs.job_slices(start, end),
-                          allow_empty=allow_empty, defer=send_now)
-    except Exception as exc:  # noqa: BLE001 - reported in one line
+        submitted = submit_job(
+            origin=Origin.CLI,
+            hours=jobs.job_slices(start, end),
+            allow_empty=allow_empty,
+            defer=send_now,
+        )
+    except Exception as exc:
         raise CliError(f"cannot use the target database: {describe(exc)}") from exc
-    assert view is not None  # no dedupe key, so always stored
-    return view.id, sent[0]
+    assert submitted is not None  # no dedupe key, so always stored
+    return submitted.job.id, sent[0]
 
 
 def run_days(
-    start: date, end: date, *, allow_empty: bool = False,
+    start: date,
+    end: date,
+    *,
+    allow_empty: bool = False,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Process ``[start, end]`` in this process; the exit status."""
@@ -127,12 +142,16 @@ def run_days(
             outcomes.append(run_with_retries(job_id, hour, sleep=sleep))
         except TransientError as exc:
             _hand_over(job_id, hours[i:], describe(exc))
-            raise CliError(f"stopped at slice {hour.isoformat()} (job {job_id}): {exc}; the "
-                           "job's other slices stay open, for workers to take over") from exc
+            raise CliError(
+                f"stopped at slice {hour.isoformat()} (job {job_id}): {exc}; the "
+                "job's other slices stay open, for workers to take over"
+            ) from exc
     failed = [o for o in outcomes if o.state == "failed"]
     rows = sum(o.rows_written for o in outcomes)
-    print(f"etl: job {job_id}: {len(hours)} slices, {len(outcomes) - len(failed)} succeeded, "
-          f"{len(failed)} failed, {rows} rows written in {time.perf_counter() - began:.1f} s")
+    print(
+        f"etl: job {job_id}: {len(hours)} slices, {len(outcomes) - len(failed)} succeeded, "
+        f"{len(failed)} failed, {rows} rows written in {time.perf_counter() - began:.1f} s"
+    )
     for hour, outcome in zip(hours, outcomes, strict=True):
         if outcome.state == "failed":
             print(f"etl: slice {hour.isoformat()} failed: {outcome.error}", file=sys.stderr)
@@ -163,22 +182,29 @@ def _hand_over(job_id: int, hours: list[datetime], reason: str) -> None:
 
 
 def enqueue(
-    start: date, end: date, *, wait: bool, timeout: float | None, allow_empty: bool = False,
+    start: date,
+    end: date,
+    *,
+    wait: bool,
+    timeout: float | None,
+    allow_empty: bool = False,
     began: float | None = None,
 ) -> int:
     """Send ``[start, end]`` to the workers; with ``wait``, follow the job to its end."""
     job_id, sent = submit(start, end, allow_empty=allow_empty, enqueue=True)
     total = len(jobs.job_slices(start, end))
-    print(f"etl: job {job_id}: {sent} of {total} slices sent to queue "
-          f"{get_settings().etl_queue}")
+    print(f"etl: job {job_id}: {sent} of {total} slices sent to queue {get_settings().etl_queue}")
     if sent < total:
-        raise CliError(f"the broker did not take every slice of job {job_id}; the rest stay "
-                       "queued in the database for the reconciler to send")
+        raise CliError(
+            f"the broker did not take every slice of job {job_id}; the rest stay "
+            "queued in the database for the reconciler to send"
+        )
     return follow(job_id, timeout=timeout, began=began) if wait else 0
 
 
-def follow(job_id: int, *, timeout: float | None = None, out=None,
-           began: float | None = None) -> int:
+def follow(
+    job_id: int, *, timeout: float | None = None, out=None, began: float | None = None
+) -> int:
     """Show the job's progress until it ends; 0 when it succeeded. On a terminal
     the bar redraws in place; otherwise only the final line is written."""
     out = out or sys.stderr
@@ -192,17 +218,19 @@ def follow(job_id: int, *, timeout: float | None = None, out=None,
         if view.ended:
             break
         if timeout is not None and time.monotonic() - began > timeout:
-            out.write(("\n" if live else "") + progress_line(view, time.monotonic() - began)
-                      + "\n")
+            out.write(("\n" if live else "") + progress_line(view, time.monotonic() - began) + "\n")
             raise CliError(f"job {job_id} has not ended after {timeout:g} s; it goes on")
         time.sleep(POLL_S)
     out.write("\n" if live else progress_line(view, time.monotonic() - began) + "\n")
     out.flush()
     for error in view.errors:
-        print(f"etl: slice {error.slice_start.isoformat()} failed: {error.message}",
-              file=sys.stderr)
-    print(f"etl: job {job_id} {view.status}: {view.slices_succeeded} succeeded, "
-          f"{view.slices_failed} failed, {view.rows_written} rows written")
+        print(
+            f"etl: slice {error.slice_start.isoformat()} failed: {error.message}", file=sys.stderr
+        )
+    print(
+        f"etl: job {job_id} {view.status}: {view.slices_succeeded} succeeded, "
+        f"{view.slices_failed} failed, {view.rows_written} rows written"
+    )
     return 0 if view.status == "succeeded" else 1
 
 
@@ -210,7 +238,7 @@ def _job(job_id: int) -> jobs.JobView:
     try:
         with target_engine().connect() as conn:
             view = jobs.get_job(conn, job_id)
-    except Exception as exc:  # noqa: BLE001 - reported in one line
+    except Exception as exc:
         raise CliError(f"cannot read job {job_id}: {describe(exc)}") from exc
     if view is None:
         raise CliError(f"job {job_id} does not exist")
@@ -224,8 +252,10 @@ def progress_line(view: jobs.JobView, elapsed: float) -> str:
     bar = "#" * filled + "." * (BAR_WIDTH - filled)
     failed = f", {view.slices_failed} failed" if view.slices_failed else ""
     waiting = f", {view.slices_waiting} waiting" if view.slices_waiting else ""
-    return (f"[{bar}] {done}/{view.slices_total} slices{failed}{waiting}, "
-            f"{view.rows_written} rows, {elapsed:.1f} s")
+    return (
+        f"[{bar}] {done}/{view.slices_total} slices{failed}{waiting}, "
+        f"{view.rows_written} rows, {elapsed:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -20,11 +20,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from windfarm import jobs
+from windfarm import jobs, logs
 from windfarm.config import get_settings
 from windfarm.db import target_engine
 from windfarm.timeutil import hour_floor, to_utc
 from windfarm.vocabulary import signal_names
+from workers import metrics
 from workers.errors import PermanentError, TargetUnavailable, TransientError, describe
 from workers.source import fetch_slice
 from workers.stats import stat_rows
@@ -72,56 +73,102 @@ def target_errors() -> Iterator[None]:
 def run_slice(
     job_id: int, slice_start: str | datetime, *, client: httpx.Client | None = None
 ) -> SliceOutcome:
-    """Process one slice of a job; see the module docstring for how it can end."""
+    """Process one slice of a job; see the module docstring for how it can end.
+    Everything it logs carries the slice's ``job_id`` and ``slice``."""
     hour = parse_hour(slice_start)
     variables = get_settings().etl_variables
     engine = target_engine()
-    with target_errors():
+    with logs.slice_context(job_id, hour), target_errors():
         # Before the hour's turn: no second pooled connection while holding one.
         ids = signal_ids(engine, signal_names(variables))
         with hour_session(engine, job_id, hour) as session:
             claim = session.claim()
             if claim is None:
-                log.info("slice %s of job %s already ended or unknown; nothing to do",
-                         hour, job_id)
+                log.info("slice already ended or unknown; nothing to do")
                 return SliceOutcome("skipped")
             if claim.unfinished >= MAX_UNFINISHED:
-                return _fail(session, f"abandoned after {claim.unfinished} attempts that never "
-                                      "finished (worker killed or over its time limit?)")
+                return _fail(
+                    session,
+                    f"abandoned after {claim.unfinished} attempts that never "
+                    "finished (worker killed or over its time limit?)",
+                )
             try:
                 return process(session, claim, ids, variables=variables, client=client)
             except PermanentError as exc:
                 return _fail(session, describe(exc))
             except (TransientError, SoftTimeLimitExceeded):
                 raise
-            except Exception as exc:  # noqa: BLE001 - a bug must end the slice, not strand it
-                log.exception("slice %s of job %s: unexpected error", hour, job_id)
+            except Exception as exc:
+                log.exception("unexpected error")
                 return _fail(session, f"unexpected error: {describe(exc)}")
 
 
 def process(
-    session: HourSession, claim: jobs.Claim, ids: dict[str, int], *,
-    variables: tuple[str, ...], client: httpx.Client | None = None,
+    session: HourSession,
+    claim: jobs.Claim,
+    ids: dict[str, int],
+    *,
+    variables: tuple[str, ...],
+    client: httpx.Client | None = None,
 ) -> SliceOutcome:
     """Fetch, compute and write one slice; mark it succeeded in the same transaction."""
     hour = session.hour
-    data = fetch_slice(hour, variables=variables, client=client)
+    with metrics.phase("fetch"):
+        data = fetch_slice(hour, variables=variables, client=client)
     if not len(data) and not claim.allow_empty and session.holds_statistics(ids):
-        return _fail(session, f"the source has no rows for {hour.isoformat()}, whose statistics "
-                              "the target holds; nothing was erased (a job with allow_empty "
-                              "may erase them)")
-    rows = stat_rows(data.timestamps, data.columns)
-    written = session.commit(rows, ids, values_ignored=data.ignored)
-    log.info("slice %s of job %s: %d rows from %d source rows%s", hour, session.job_id,
-             written, len(data), f", {data.ignored} non-finite values ignored"
-             if data.ignored else "")
+        return _fail(
+            session,
+            f"the source has no rows for {hour.isoformat()}, whose statistics "
+            "the target holds; nothing was erased (a job with allow_empty "
+            "may erase them)",
+        )
+    with metrics.phase("compute"):
+        rows = stat_rows(data.timestamps, data.columns)
+    with metrics.phase("write"):
+        written = session.commit(rows, ids, values_ignored=data.ignored)
+    metrics.rows(written=written, read=len(data), ignored=data.ignored)
+    log.debug(
+        "slice succeeded: %d rows from %d source rows%s",
+        written,
+        len(data),
+        f", {data.ignored} non-finite values ignored" if data.ignored else "",
+    )
+    _log_job_end(session)
     return SliceOutcome("succeeded", written, values_ignored=data.ignored)
 
 
 def _fail(session: HourSession, message: str) -> SliceOutcome:
-    log.warning("slice %s of job %s failed: %s", session.hour, session.job_id, message)
+    log.warning("slice failed: %s", message)
     session.fail(message)
+    _log_job_end(session)
     return SliceOutcome("failed", error=message)
+
+
+def _log_job_end(session: HourSession) -> None:
+    """The one INFO line of a job: by the worker whose slice's end settled it."""
+    ended = session.ended
+    if ended is None:
+        return
+    took = (ended.finished_at - ended.created_at).total_seconds()
+    log.info(
+        "job %d %s: %d slices, %d succeeded, %d failed, %d rows written, %.1f s after "
+        "it was stored",
+        ended.id,
+        ended.status,
+        ended.slices_total,
+        ended.slices_succeeded,
+        ended.slices_failed,
+        ended.rows_written,
+        took,
+        extra={
+            "job_status": ended.status,
+            "origin": ended.origin,
+            "slices_total": ended.slices_total,
+            "slices_failed": ended.slices_failed,
+            "rows_written": ended.rows_written,
+            "duration_s": round(took, 3),
+        },
+    )
 
 
 def leave_waiting(job_id: int, slice_start: str | datetime, message: str) -> None:
@@ -129,10 +176,17 @@ def leave_waiting(job_id: int, slice_start: str | datetime, message: str) -> Non
     again later; TargetUnavailable when the target cannot record it."""
     settings = get_settings()
     hour = parse_hour(slice_start)
-    log.warning("slice %s of job %s waits: %s", hour, job_id, message)
+    with logs.slice_context(job_id, hour):
+        log.warning("slice waits: %s", message)
     with target_errors(), target_engine().begin() as conn:
-        jobs.wait_slice(conn, job_id, hour, message, first_s=settings.etl_reconcile_every_s,
-                        max_s=settings.etl_wait_max_s)
+        jobs.wait_slice(
+            conn,
+            job_id,
+            hour,
+            message,
+            first_s=settings.etl_reconcile_every_s,
+            max_s=settings.etl_wait_max_s,
+        )
 
 
 def requeue(job_id: int, slice_start: str | datetime, message: str) -> None:

@@ -77,7 +77,7 @@ def fetch_slice(
     Raises :class:`SourceUnavailable` (retry) or :class:`SourceRejected` /
     :class:`BadPayload` (do not).
     """
-    params = [
+    params: list[tuple[str, str | int | float | bool | None]] = [
         ("start", hour.isoformat()),
         # The API's end is inclusive; stop one microsecond before the next hour.
         ("end", (hour + HOUR - timedelta(microseconds=1)).isoformat()),

@@ -134,7 +134,8 @@ def stat_rows(timestamps: np.ndarray, columns: Mapping[str, np.ndarray]) -> list
             name = signal_name(variable, stat)
             column = getattr(stats, stat)
             rows.extend(
-                StatRow(t, name, float(v)) for t, v in zip(starts, column.tolist(), strict=True)
+                StatRow(t, name, float(v))
+                for t, v in zip(starts, column.tolist(), strict=True)
                 if isfinite(v)
             )
     return rows

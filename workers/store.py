@@ -72,18 +72,32 @@ _LOCK_SQL = "SELECT pg_advisory_lock(%(space)s, %(key)s)"
 _UNLOCK_SQL = "SELECT pg_advisory_unlock(%(space)s, %(key)s)"
 # Waits its turn on the hour, then claims the slice; the claim commits at once.
 _CLAIM_BATCH = ";\n".join((jobs.ASYNC_COMMIT_SQL, _LOCK_SQL, jobs.CLAIM_SQL))
-_WRITE_SQL = (
-    f"EXECUTE {_PREPARED} (%(ts)s, %(ids)s, %(vals)s, %(start)s, %(end)s, %(signals)s)"
+_WRITE_SQL = f"EXECUTE {_PREPARED} (%(ts)s, %(ids)s, %(vals)s, %(start)s, %(end)s, %(signals)s)"
+# The rows and the slice's end commit together; then the hour's lock is
+# released and the job settled. The settle comes last: a batch's result is its
+# last statement's, the job it ended (if any).
+_COMMIT_BATCH = ";\n".join(
+    (
+        "BEGIN",
+        jobs.ASYNC_COMMIT_SQL,
+        _WRITE_SQL,
+        jobs.COMPLETE_SQL,
+        "COMMIT",
+        _UNLOCK_SQL,
+        jobs.ASYNC_COMMIT_SQL,
+        jobs.SETTLE_SQL,
+    )
 )
-# The rows and the slice's end commit together; the job is settled after that
-# commit, and the hour's lock released last.
-_COMMIT_BATCH = ";\n".join((
-    "BEGIN", jobs.ASYNC_COMMIT_SQL, _WRITE_SQL, jobs.COMPLETE_SQL, "COMMIT",
-    jobs.ASYNC_COMMIT_SQL, jobs.SETTLE_SQL, _UNLOCK_SQL,
-))
-_FAIL_BATCH = ";\n".join((
-    "BEGIN", jobs.ASYNC_COMMIT_SQL, jobs.FAIL_SQL, "COMMIT", jobs.ASYNC_COMMIT_SQL, jobs.SETTLE_SQL,
-))
+_FAIL_BATCH = ";\n".join(
+    (
+        "BEGIN",
+        jobs.ASYNC_COMMIT_SQL,
+        jobs.FAIL_SQL,
+        "COMMIT",
+        jobs.ASYNC_COMMIT_SQL,
+        jobs.SETTLE_SQL,
+    )
+)
 _HOLDS_STATISTICS = text(
     'SELECT EXISTS (SELECT FROM data WHERE "timestamp" >= :start AND "timestamp" < :end '
     "AND signal_id = ANY(:ids))"
@@ -149,9 +163,14 @@ class HourSession:
         self.job_id = job_id
         self.hour = hour
         self.locked = False
+        # The job this slice's end settled (ended), if it did.
+        self.ended: jobs.EndedJob | None = None
         self._params: dict[str, Any] = {
-            "space": SLICE_LOCK_SPACE, "key": slice_lock_key(hour),
-            "job_id": job_id, "slice_start": hour, "job_ids": [job_id],
+            "space": SLICE_LOCK_SPACE,
+            "key": slice_lock_key(hour),
+            "job_id": job_id,
+            "slice_start": hour,
+            "job_ids": [job_id],
         }
 
     def claim(self) -> jobs.Claim | None:
@@ -162,22 +181,32 @@ class HourSession:
 
     def holds_statistics(self, ids: dict[str, int]) -> bool:
         """Whether the target holds statistics of the hour for these signals."""
-        return bool(self.conn.scalar(_HOLDS_STATISTICS, {
-            "start": self.hour, "end": self.hour + HOUR, "ids": sorted(ids.values())}))
+        return bool(
+            self.conn.scalar(
+                _HOLDS_STATISTICS,
+                {"start": self.hour, "end": self.hour + HOUR, "ids": sorted(ids.values())},
+            )
+        )
 
     def commit(self, rows: Sequence[StatRow], ids: dict[str, int], *, values_ignored: int) -> int:
         """Make the hour's rows for the signals in ``ids`` exactly ``rows``, mark the
         slice succeeded, settle its job and release the hour; the rows written."""
-        params = {**self._params, **_rows_params(self.hour, rows, ids),
-                  "values_ignored": values_ignored}
+        params = {
+            **self._params,
+            **_rows_params(self.hour, rows, ids),
+            "values_ignored": values_ignored,
+        }
         self._prepare()
-        self.conn.exec_driver_sql(_COMMIT_BATCH, params)
+        settled = self.conn.exec_driver_sql(_COMMIT_BATCH, params).first()
         self.locked = False
+        self.ended = jobs.EndedJob(*settled) if settled else None
         return params["rows_written"]
 
     def fail(self, message: str) -> None:
         """Mark the slice failed for good (if still open) and settle its job."""
-        self.conn.exec_driver_sql(_FAIL_BATCH, {**self._params, "message": message})
+        params = {**self._params, "message": message}
+        settled = self.conn.exec_driver_sql(_FAIL_BATCH, params).first()
+        self.ended = jobs.EndedJob(*settled) if settled else None
 
     def release(self) -> None:
         if self.locked:

@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import date
 from functools import lru_cache
 from importlib import resources
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
 
+from api.deps import SourceConnIfUp
+from windfarm import readings
 from windfarm.config import get_settings
-from windfarm.db import source_engine
 
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger(__name__)
 
-_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
-          ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 
 
 _STATIC = resources.files("api").joinpath("static")
@@ -35,7 +38,8 @@ _STATIC = resources.files("api").joinpath("static")
 def _shipped() -> frozenset[str]:
     """The names of the files in ``api/static`` the page may load."""
     return frozenset(
-        node.name for node in _STATIC.iterdir()
+        node.name
+        for node in _STATIC.iterdir()
         if node.is_file() and "." + node.name.rpartition(".")[2] in _TYPES
     )
 
@@ -76,32 +80,21 @@ def asset(name: str, if_none_match: IfNoneMatch = None) -> Response:
     return _serve(name, if_none_match)
 
 
-# Both ends come from the primary-key index: two index lookups, no scan.
-_SOURCE_DAYS = text('SELECT min("timestamp"), max("timestamp") FROM data')
-
-
-def _source_days() -> tuple[date | None, date | None]:
-    try:
-        with source_engine().connect() as conn:
-            first, last = conn.execute(_SOURCE_DAYS).one()
-    except Exception as exc:  # noqa: BLE001 - the page then falls back to recent days
-        log.warning("dashboard: source database unreachable: %s", exc.__class__.__name__)
-        return None, None
-    return (first.date() if first else None), (last.date() if last else None)
-
-
 @router.get("/dashboard/config")
-def config() -> JSONResponse:
+def config(source: SourceConnIfUp) -> JSONResponse:
     """What the page needs to know about this deployment (never the token itself)."""
     settings = get_settings()
-    first, last = _source_days()
-    return JSONResponse({
-        "token_required": settings.api_token is not None,
-        # None lets the page use port 5555 of the host it was loaded from.
-        "flower_url": settings.flower_url,
-        "variables": list(settings.etl_variables),
-        "data_max_days": settings.data_max_days,
-        "jobs_max_days": settings.jobs_max_days,
-        "source_first_day": first and first.isoformat(),
-        "source_last_day": last and last.isoformat(),
-    })
+    # Without the source the page falls back to recent days.
+    first, last = readings.source_days(source) if source is not None else (None, None)
+    return JSONResponse(
+        {
+            "token_required": settings.api_token is not None,
+            # None lets the page use port 5555 of the host it was loaded from.
+            "flower_url": settings.flower_url,
+            "variables": list(settings.etl_variables),
+            "data_max_days": settings.data_max_days,
+            "jobs_max_days": settings.jobs_max_days,
+            "source_first_day": first and first.isoformat(),
+            "source_last_day": last and last.isoformat(),
+        }
+    )

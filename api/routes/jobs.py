@@ -13,10 +13,13 @@ from api.errors import problem_responses
 from api.params import IsoDate
 from windfarm import jobs
 from windfarm.config import get_settings
-from windfarm.dispatch import submit_job
+from windfarm.dispatch import TooManyOpenSlices, submit_job
 from windfarm.models import JobStatus, Origin
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+# How long a client refused for too many open slices should wait.
+RETRY_AFTER_S = 60
 
 # Job ids are PostgreSQL bigints; a larger number is no id at all.
 MAX_JOB_ID = 2**63 - 1
@@ -25,12 +28,14 @@ MAX_JOB_ID = 2**63 - 1
 # offset that OpenAPI's "date-time" format requires.
 UtcDateTime = Annotated[
     dt.datetime,
-    WithJsonSchema({
-        "type": "string",
-        "description": "UTC, ISO 8601 without an offset",
-        "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?$",
-        "examples": ["2025-12-05T03:00:00"],
-    }),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "UTC, ISO 8601 without an offset",
+            "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?$",
+            "examples": ["2025-12-05T03:00:00"],
+        }
+    ),
 ]
 
 
@@ -39,16 +44,27 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"date": "2025-12-05"},
-                                        {"start_date": "2025-12-01", "end_date": "2025-12-10"}]},
+        json_schema_extra={
+            "examples": [
+                {"date": "2025-12-05"},
+                {"start_date": "2025-12-01", "end_date": "2025-12-10"},
+            ]
+        },
     )
 
     date: IsoDate | None = None
     start_date: IsoDate | None = None
     end_date: IsoDate | None = None
     allow_empty: bool = Field(
-        False, description="let a slice erase an hour's statistics when the source now has "
-                           "no rows at all for it (otherwise such a slice fails)")
+        False,
+        description="let a slice erase an hour's statistics when the source now has "
+        "no rows at all for it (otherwise such a slice fails)",
+    )
+    force: bool = Field(
+        False,
+        description="make a new job even when an open job already covers these days "
+        "(otherwise that job is returned, 200)",
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> Self:
@@ -91,7 +107,8 @@ class JobOut(BaseModel):
     slices_failed: int
     slices_running: int = Field(description="slices a worker is processing now")
     slices_waiting: int = Field(
-        description="slices whose retries are spent on a transient cause; sent again later")
+        description="slices whose retries are spent on a transient cause; sent again later"
+    )
     slices_pending: int = Field(description="slices not yet ended: queued, running or waiting")
     rows_written: int
     values_ignored: int = Field(description="non-finite source values treated as missing")
@@ -102,8 +119,11 @@ class JobOut(BaseModel):
 
     @classmethod
     def of(cls, view: jobs.JobView) -> JobOut:
-        data = {**view.__dict__, "errors": [e.__dict__ for e in view.errors],
-                "waiting": [w.__dict__ for w in view.waiting]}
+        data = {
+            **view.__dict__,
+            "errors": [e.__dict__ for e in view.errors],
+            "waiting": [w.__dict__ for w in view.waiting],
+        }
         return cls.model_validate(data)
 
 
@@ -112,8 +132,11 @@ class JobOut(BaseModel):
     status_code=202,
     response_model=JobOut,
     dependencies=[Authorized],
-    # 400: a body that is not text at all; 413: larger than api.limits allows.
-    responses=problem_responses(400, 401, 413, 422),
+    responses={
+        200: {"model": JobOut, "description": "an open job already covers these days"},
+        # 400: a body that is not text at all; 413: larger than api.limits allows.
+        **problem_responses(400, 401, 413, 422, 429),
+    },
 )
 def post_job(request: JobRequest, background: BackgroundTasks, response: Response) -> JobOut:
     """Store a job for the given days and enqueue its hour slices."""
@@ -121,11 +144,22 @@ def post_job(request: JobRequest, background: BackgroundTasks, response: Respons
     # The job is committed (and its connection given back) before the broker
     # hears of it; sending happens after the response, holding no connection,
     # and the reconciler sends whatever that misses.
-    view = submit_job(origin=Origin.API, hours=jobs.job_slices(first, last),
-                      allow_empty=request.allow_empty, defer=background.add_task)
-    assert view is not None  # no dedupe key: always stored
-    response.headers["Location"] = f"/jobs/{view.id}"
-    return JobOut.of(view)
+    try:
+        submitted = submit_job(
+            origin=Origin.API,
+            hours=jobs.job_slices(first, last),
+            allow_empty=request.allow_empty,
+            reuse_open=not request.force,
+            max_open_slices=get_settings().etl_max_open_slices,
+            defer=background.add_task,
+        )
+    except TooManyOpenSlices as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    assert submitted is not None  # no dedupe key: always stored or found
+    if not submitted.created:
+        response.status_code = 200
+    response.headers["Location"] = f"/jobs/{submitted.job.id}"
+    return JobOut.of(submitted.job)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=problem_responses(404, 422))
@@ -145,6 +179,7 @@ def list_jobs(
     origin: Annotated[Origin | None, Query(description="only jobs of this origin")] = None,
 ) -> list[JobOut]:
     """The newest jobs first."""
-    views = jobs.list_jobs(conn, limit=limit, status=status and status.value,
-                           origin=origin and origin.value)
+    views = jobs.list_jobs(
+        conn, limit=limit, status=status and status.value, origin=origin and origin.value
+    )
     return [JobOut.of(v) for v in views]

@@ -21,19 +21,36 @@ _EXAMPLE = {
     "start_date": "2025-12-05",
     "end_date": "2025-12-05",
     "catchup_from": "2025-11-28T14:00:00",
-    "days": [{
-        "date": "2025-12-05",
-        "counts": {"succeeded": 23, "failed": 1, "running": 0, "queued": 0, "waiting": 0,
-                   "never_run": 0, "beyond_catchup": 1},
-        "hours": [{
-            "hour": 0, "slice_start": "2025-12-05T00:00:00", "state": "failed", "job_id": 7,
-            "attempts": 1, "enqueued_at": "2025-12-06T02:00:00.1",
-            "started_at": "2025-12-06T02:00:01",
-            "finished_at": "2025-12-06T02:00:01.5", "retry_at": None,
-            "error": "HTTP 404 from the API", "last_succeeded_at": "2025-12-05T01:05:02",
-            "beyond_catchup": True,
-        }],
-    }],
+    "days": [
+        {
+            "date": "2025-12-05",
+            "counts": {
+                "succeeded": 23,
+                "failed": 1,
+                "running": 0,
+                "queued": 0,
+                "waiting": 0,
+                "never_run": 0,
+                "beyond_catchup": 1,
+            },
+            "hours": [
+                {
+                    "hour": 0,
+                    "slice_start": "2025-12-05T00:00:00",
+                    "state": "failed",
+                    "job_id": 7,
+                    "attempts": 1,
+                    "enqueued_at": "2025-12-06T02:00:00.1",
+                    "started_at": "2025-12-06T02:00:01",
+                    "finished_at": "2025-12-06T02:00:01.5",
+                    "retry_at": None,
+                    "error": "HTTP 404 from the API",
+                    "last_succeeded_at": "2025-12-05T01:05:02",
+                    "beyond_catchup": True,
+                }
+            ],
+        }
+    ],
 }
 
 
@@ -50,8 +67,10 @@ def resolve_days(start: dt.date, end: dt.date | None, max_days: int) -> tuple[dt
 @router.get(
     "/partitions",
     response_class=Response,
-    responses={200: {"content": {"application/json": {"example": _EXAMPLE}}},
-               **problem_responses(422)},
+    responses={
+        200: {"content": {"application/json": {"example": _EXAMPLE}}},
+        **problem_responses(422),
+    },
 )
 def get_partitions(
     conn: TargetConn,
@@ -63,6 +82,7 @@ def get_partitions(
     """The state of every hour slice of each day, as its newest job left it."""
     settings = get_settings()
     first, last = resolve_days(start_date, end_date, settings.jobs_max_days)
-    body = partitions.grid(conn, first, last,
-                           catchup_from=partitions.catchup_start(utcnow(), settings))
+    body = partitions.grid(
+        conn, first, last, catchup_from=partitions.catchup_start(utcnow(), settings)
+    )
     return Response(content=body, media_type="application/json")

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection
 
 from api.deps import TargetConn
 from api.errors import problem_responses
 from api.params import IsoDateTime, resolve_range
+from windfarm import statistics
 from windfarm.config import get_settings
 from windfarm.vocabulary import SPEC_SIGNALS
 
@@ -23,31 +23,6 @@ MAX_SIGNALS = 12
 # Signal names become column labels of the generated query: only these characters.
 _NAME = re.compile(r"[A-Za-z0-9_]{1,100}")
 
-_SIGNALS = text(
-    "SELECT coalesce(json_agg(json_build_object('id', id, 'name', name) ORDER BY name), '[]')::text"
-    " FROM signal"
-)
-_KNOWN = text("SELECT name FROM signal WHERE name IN :names").bindparams(
-    bindparam("names", expanding=True)
-)
-
-
-@lru_cache(maxsize=256)
-def _query(names: tuple[str, ...]):
-    # One row per window, one key per signal (null where that signal has no
-    # value, e.g. the std of a one-value window), built by PostgreSQL as JSON.
-    columns = ", ".join(
-        f'max(d.value) FILTER (WHERE s.name = :s{i}) AS "{name}"' for i, name in enumerate(names)
-    )
-    wanted = ", ".join(f":s{i}" for i in range(len(names)))
-    return text(
-        f"""SELECT coalesce(json_agg(r ORDER BY r."timestamp"), '[]')::text
-              FROM (SELECT d."timestamp", {columns}
-                      FROM data d JOIN signal s ON s.id = d.signal_id
-                     WHERE s.name IN ({wanted}) AND d."timestamp" BETWEEN :start AND :end
-                     GROUP BY d."timestamp") r"""
-    )
-
 
 def resolve_signals(conn: Connection, given: list[str]) -> tuple[str, ...]:
     """The distinct requested signal names in order, or a 422 naming the unknown ones."""
@@ -57,9 +32,7 @@ def resolve_signals(conn: Connection, given: list[str]) -> tuple[str, ...]:
     odd = [n for n in names if n not in SPEC_SIGNALS]
     if not odd:
         return names
-    known = set()
-    if all(_NAME.fullmatch(n) for n in odd):
-        known = set(conn.scalars(_KNOWN, {"names": odd}))
+    known = statistics.known_signals(conn, odd) if all(_NAME.fullmatch(n) for n in odd) else set()
     unknown = [n for n in odd if n not in known]
     if unknown:
         shown = ", ".join(repr(n[:60]) for n in unknown)
@@ -72,23 +45,41 @@ def resolve_signals(conn: Connection, given: list[str]) -> tuple[str, ...]:
 @router.get(
     "/signals",
     response_class=Response,
-    responses={200: {"content": {"application/json": {"example": [
-        {"id": 1, "name": "power_max_10m"}, {"id": 2, "name": "power_mean_10m"}
-    ]}}}},
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": [
+                        {"id": 1, "name": "power_max_10m"},
+                        {"id": 2, "name": "power_mean_10m"},
+                    ]
+                }
+            }
+        }
+    },
 )
 def get_signals(conn: TargetConn) -> Response:
     """The signals the target holds values for, by name."""
-    return Response(content=conn.scalar(_SIGNALS), media_type="application/json")
+    return Response(content=statistics.signals_json(conn), media_type="application/json")
 
 
 @router.get(
     "/series",
     response_class=Response,
     responses={
-        200: {"content": {"application/json": {"example": [
-            {"timestamp": "2025-12-05T00:00:00", "wind_speed_mean_10m": 7.1,
-             "wind_speed_max_10m": 9.4}
-        ]}}},
+        200: {
+            "content": {
+                "application/json": {
+                    "example": [
+                        {
+                            "timestamp": "2025-12-05T00:00:00",
+                            "wind_speed_mean_10m": 7.1,
+                            "wind_speed_max_10m": 9.4,
+                        }
+                    ]
+                }
+            }
+        },
         **problem_responses(422),
     },
 )
@@ -109,5 +100,5 @@ def get_series(
     """10-minute values of the signals in ``[start, end]``, one row per window, ordered."""
     start, end = resolve_range(start, end, get_settings().data_max_days)
     names = resolve_signals(conn, signal)
-    params = {"start": start, "end": end, **{f"s{i}": n for i, n in enumerate(names)}}
-    return Response(content=conn.scalar(_query(names), params), media_type="application/json")
+    body = statistics.series_json(conn, names, start, end)
+    return Response(content=body, media_type="application/json")

@@ -14,6 +14,8 @@
     waiting: "waiting to be sent again", never_run: "never run",
   };
   const UNITS = { wind_speed: "m/s", power: "kW", ambient_temprature: "°C" };
+  // The API token lives in this tab's sessionStorage only: gone when the tab
+  // closes, never shared with other tabs, dropped as soon as the API refuses it.
   const TOKEN_KEY = "windfarm-etl.api-token";
   const POLL_MS = 1000;
   const REFRESH_MS = 5000;
@@ -306,22 +308,22 @@
     const body = end && end !== start ? { start_date: start, end_date: end } : { date: start };
     const headers = { "Content-Type": "application/json" };
     const token = $("token").value.trim();
-    if (token) {
-      headers.Authorization = `Bearer ${token}`;
-      localStorage.setItem(TOKEN_KEY, token);
-    }
+    if (token) headers.Authorization = `Bearer ${token}`;
     const button = $("job-submit");
     button.disabled = true;
     try {
       const job = await api("jobs", { method: "POST", headers, body: JSON.stringify(body) });
+      if (token) sessionStorage.setItem(TOKEN_KEY, token);
       clearTimeout(state.jobTimer);
       jobView(job);
       coverJob(job);
       state.jobTimer = setTimeout(() => followJob(job.id), 1);
     } catch (error) {
       if (error.status === 401) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        $("token").value = "";
         showToken(true);
-        jobFailure(token ? "The API refused this token: check it and run again."
+        jobFailure(token ? "The API refused this token, so the page forgot it: paste the right one and run again."
           : "This API needs its token: paste it above and run again.");
         $("token").focus();
       } else {
@@ -539,6 +541,33 @@
     }
   }
 
+  function lagText(seconds) {
+    const minutes = Math.floor(seconds / 60);
+    if (minutes < 60) return `${minutes} min`;
+    const hours = Math.floor(minutes / 60);
+    return hours < 48 ? `${hours} h ${minutes % 60} min` : `${Math.floor(hours / 24)} days`;
+  }
+
+  async function checkFreshness() {
+    const node = $("freshness");
+    const failed = $("failed-link");
+    try {
+      const fresh = await api("freshness");
+      node.textContent = fresh.newest_complete_hour
+        ? `newest hour ${when(fresh.newest_complete_hour).slice(0, 16)} UTC, ${lagText(fresh.lag_s)} behind`
+        : "no hour complete yet";
+      node.className = `freshness ${fresh.stale ? "bad" : "ok"}`;
+      node.title = fresh.stale
+        ? `more than ${fresh.stale_after_s / 3600} h behind: the alert on stale statistics fires`
+        : "the newest hour whose statistics are complete";
+      failed.textContent = `${fresh.failed_slices_24h} failed in 24 h`;
+      failed.hidden = fresh.failed_slices_24h === 0;
+    } catch (_) {
+      node.textContent = "freshness unknown";
+      node.className = "freshness bad";
+    }
+  }
+
   function defaults(config) {
     const today = new Date().toISOString().slice(0, 10);
     const last = config.source_last_day || today;
@@ -556,7 +585,8 @@
     }
     state.config = config;
     $("flower-link").href = config.flower_url || `${location.protocol}//${location.hostname}:5555/`;
-    const saved = localStorage.getItem(TOKEN_KEY);
+    localStorage.removeItem(TOKEN_KEY); // where earlier versions kept it, for good
+    const saved = sessionStorage.getItem(TOKEN_KEY);
     if (saved) $("token").value = saved;
     showToken(config.token_required || Boolean(saved));
     const select = $("chart-variable");
@@ -577,6 +607,8 @@
     $("chart-variable").addEventListener("change", drawChart);
     $("chart-day").addEventListener("change", drawChart);
     checkHealth();
+    checkFreshness();
+    setInterval(checkFreshness, 60000);
     await loadGrid();
 
     const days = [...state.days.values()];
