@@ -155,12 +155,18 @@ class Stack:
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds spent so far by each component of the stack."""
-        mine = {"api": [], "workers": []}
+        mine: dict[str, list[int]] = {"api": [], "consumer": [], "pool": []}
         for proc in self.procs:
-            mine["api" if proc.name == "api" else "workers"].extend(procs.tree(proc.popen.pid))
+            tree = procs.tree(proc.popen.pid)
+            if proc.name == "api":
+                mine["api"].extend(tree)
+            else:  # a worker node's main process receives, dispatches and acks
+                mine["consumer"].append(tree[0])  # every message; its pool runs them
+                mine["pool"].extend(tree[1:])
         return {
             "api": procs.cpu_seconds(mine["api"]),
-            "workers": procs.cpu_seconds(mine["workers"]),
+            "consumer": procs.cpu_seconds(mine["consumer"]),
+            "pool": procs.cpu_seconds(mine["pool"]),
             "broker": procs.cpu_seconds(
                 procs.named("redis-server" if self.broker == "redis" else "beam.smp")
             ),
@@ -446,15 +452,16 @@ def print_table(figures: dict) -> None:
         print(f"{'workers.etl, one process':<28}{cli['wall_s']:>9.2f}{cli['slices_per_s']:>10.0f}")
     print()
     print(
-        f"{'CPU ms per slice':<28}{'api':>9}{'workers':>9}{'broker':>9}{'postgres':>9}"
-        f"{'total':>9}{'redis cmds':>12}"
+        f"{'CPU ms per slice':<28}{'api':>9}{'consumer':>9}{'pool':>9}{'broker':>9}"
+        f"{'postgres':>9}{'total':>9}{'redis cmds':>12}"
     )
     for run in figures["backfills"]:
         cpu = run["cpu_ms_per_slice"]
         label = f"{run['broker']}, {run['nodes']} node(s), {run['workers']} proc(s)"
         commands = run["redis_commands_per_slice"]
         print(
-            f"{label:<28}{cpu['api']:>9.2f}{cpu['workers']:>9.2f}{cpu['broker']:>9.2f}"
+            f"{label:<28}{cpu['api']:>9.2f}{cpu['consumer']:>9.2f}{cpu['pool']:>9.2f}"
+            f"{cpu['broker']:>9.2f}"
             f"{cpu['postgresql']:>9.2f}{sum(cpu.values()):>9.2f}"
             f"{'' if commands is None else format(commands, '.1f'):>12}"
         )
@@ -587,6 +594,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--api-workers", type=int, default=int(os.environ.get("API_WORKERS", "1")))
     parser.add_argument(
+        "--layouts",
+        default=os.environ.get("LAYOUTS", ""),
+        help="explicit NODESxPROCESSES runs, e.g. 1x16,4x4,16x1 (instead of nodes x workers)",
+    )
+    parser.add_argument(
         "--broker",
         default=os.environ.get("BROKER", "redis"),
         help="redis, amqp (RabbitMQ), or both side by side: redis,amqp",
@@ -608,6 +620,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     counts = [int(n) for n in str(args.workers).split(",")]
     node_counts = [int(n) for n in str(args.nodes).split(",")]
+    layouts = [(nodes, count) for nodes in node_counts for count in counts]
+    if args.layouts:
+        layouts = [tuple(int(n) for n in item.split("x")) for item in args.layouts.split(",")]
     _stop_on_sigterm()
     stack = Stack(args.days)
     figures: dict = {
@@ -629,13 +644,10 @@ def main(argv: list[str] | None = None) -> int:
                 stack.procs.remove(api)
                 api.stop()
                 api = stack.start_api(args.api_workers)
-            for nodes in node_counts:
-                for count in counts:
-                    figures["backfills"].append(
-                        measure_backfill(
-                            stack, api.url, nodes=nodes, count=count, expected=expected
-                        )
-                    )
+            for nodes, count in layouts:
+                figures["backfills"].append(
+                    measure_backfill(stack, api.url, nodes=nodes, count=count, expected=expected)
+                )
         figures["data_api"] = bench_data(api.url, requests=300, clients=args.clients, seconds=3)
         if not args.no_bookkeeping:
             figures["bookkeeping"] = stack.bookkeeping(api.url)
