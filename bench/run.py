@@ -47,7 +47,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from bench import procs
-from windfarm.models import OPEN_STATES, sql_list
+from windfarm.models import ENDED_JOB
 
 FIRST_DAY = date(2025, 12, 1)
 PG_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
@@ -253,18 +253,15 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
         began = time.perf_counter()
         job = client.post("/jobs", json=body).json()
         job_id = job["id"]
-        # Poll the database (cheaper than the API, and off the workers' path).
+        # Poll the job's row (cheaper than the API, and off the workers' path):
+        # its status ends once its last slice has, right after that commit.
         with engine.connect() as conn:
             while True:
-                open_slices = conn.execute(
-                    text(
-                        f"SELECT count(*) FROM etl_slice WHERE job_id = :j "
-                        f"AND state IN {sql_list(OPEN_STATES)}"
-                    ),
-                    {"j": job_id},
+                status = conn.execute(
+                    text("SELECT status FROM etl_job WHERE id = :j"), {"j": job_id}
                 ).scalar()
                 conn.commit()
-                if open_slices == 0:
+                if status in ENDED_JOB:
                     break
                 time.sleep(0.02)
         wall = time.perf_counter() - began
