@@ -34,16 +34,25 @@ class Proc:
 
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM (a warm shutdown), then SIGKILL to the whole session."""
-        if self._stopped:
-            return
-        self._stopped = True
+        stop_all([self], timeout=timeout)
+
+
+def stop_all(started: list[Proc], *, timeout: float = 10) -> None:
+    """Stop these processes together: SIGTERM to each, one wait for them all,
+    then SIGKILL to the sessions of those still there."""
+    started = [proc for proc in started if not proc._stopped]
+    for proc in started:
+        proc._stopped = True
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.popen.pid, signal.SIGTERM)
+            os.kill(proc.popen.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in started:
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout)
+            proc.popen.wait(max(0.1, deadline - time.monotonic()))
+    for proc in started:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(timeout)
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        proc.popen.wait(timeout)
 
 
 def start(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Proc:
@@ -67,8 +76,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_api(env: dict[str, str], log_dir: Path, *, timeout: float = 60) -> Proc:
-    """The API (``python -m api.serve``) on a free port, once ``/health`` answers 200."""
+def start_api(env: dict[str, str], log_dir: Path, *, into: list[Proc], timeout: float = 60) -> Proc:
+    """The API (``python -m api.serve``) on a free port, once ``/health`` answers
+    200. It joins ``into`` at once, so a stop while it starts stops it too."""
     port = free_port()
     proc = start(
         "api",
@@ -77,6 +87,7 @@ def start_api(env: dict[str, str], log_dir: Path, *, timeout: float = 60) -> Pro
         log_dir,
     )
     proc.url = f"http://127.0.0.1:{port}"
+    into.append(proc)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.popen.poll() is None:
         with contextlib.suppress(httpx.HTTPError):
@@ -88,9 +99,16 @@ def start_api(env: dict[str, str], log_dir: Path, *, timeout: float = 60) -> Pro
 
 
 def start_worker(
-    env: dict[str, str], log_dir: Path, *, name: str, concurrency: int, timeout: float = 60
+    env: dict[str, str],
+    log_dir: Path,
+    *,
+    name: str,
+    concurrency: int,
+    into: list[Proc],
+    timeout: float = 60,
 ) -> Proc:
-    """One ``celery -A workers worker`` node (both lanes), once it is ready."""
+    """One ``celery -A workers worker`` node (both lanes), once it is ready; it
+    joins ``into`` at once."""
     hostname = f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h"
     proc = start(
         name,
@@ -114,6 +132,7 @@ def start_worker(
         env,
         log_dir,
     )
+    into.append(proc)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.popen.poll() is None:
         # At WARNING the worker prints nothing when ready; its pool children are the sign.

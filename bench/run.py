@@ -124,25 +124,27 @@ class Stack:
         env = dict(self.env)
         if api_workers > 1:
             env["WEB_CONCURRENCY"] = str(api_workers)
-        api = procs.start_api(env, self.log_dir)
-        self.procs.append(api)
+        api = procs.start_api(env, self.log_dir, into=self.procs)
         self.env["API_BASE_URL"] = api.url
         return api
 
     def start_workers(self, concurrency: int, nodes: int = 1) -> list:
         """``nodes`` separate worker nodes of ``concurrency`` pool processes each."""
-        started = [
+        return [
             procs.start_worker(
-                self.env, self.log_dir, name=f"worker{i + 1}", concurrency=concurrency
+                self.env,
+                self.log_dir,
+                name=f"worker{i + 1}",
+                concurrency=concurrency,
+                into=self.procs,
             )
             for i in range(nodes)
         ]
-        self.procs.extend(started)
-        return started
 
     def stop_workers(self) -> None:
-        for proc in [p for p in self.procs if p.name.startswith("worker")]:
-            proc.stop()
+        workers = [p for p in self.procs if p.name.startswith("worker")]
+        procs.stop_all(workers)
+        for proc in workers:
             self.procs.remove(proc)
 
     def use_broker(self, broker: str) -> None:
@@ -200,8 +202,7 @@ class Stack:
     def close(self) -> None:
         from windfarm.db import dispose_engines, drop_database
 
-        for proc in reversed(self.procs):
-            proc.stop()
+        procs.stop_all(list(reversed(self.procs)))
         for broker in self.brokers_used:
             purge(self.queue, broker)
         dispose_engines()
