@@ -15,6 +15,7 @@ never overwrite those of a newer one, and the copies never deadlock or mix.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -66,12 +67,36 @@ ON CONFLICT ("timestamp", signal_id) DO UPDATE SET value = EXCLUDED.value
  WHERE data.value IS DISTINCT FROM EXCLUDED.value
 """
 
+
+def _as_prepared(name: str, sql: str) -> tuple[str, str]:
+    """``PREPARE`` and ``EXECUTE`` texts for a statement of windfarm/jobs.py: its
+    ``%(param)s`` become ``$1``, ``$2``... in order of first appearance (their
+    types inferred by PostgreSQL), and the EXECUTE passes them back by name."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    body = re.sub(r"%\((\w+)\)s", number, sql)
+    return f"PREPARE {name} AS {body}", f"EXECUTE {name} ({', '.join(f'%({n})s' for n in names)})"
+
+
+# The bookkeeping statements a slice runs, planned once per connection too:
+# planning them costs as much as running them (about 0.45 ms a slice).
+_CLAIM = _as_prepared("windfarm_claim", jobs.CLAIM_SQL)
+_COMPLETE = _as_prepared("windfarm_complete", jobs.COMPLETE_SQL)
+_FAIL = _as_prepared("windfarm_fail", jobs.FAIL_SQL)
+_SETTLE = _as_prepared("windfarm_settle", jobs.SETTLE_SQL)
+_PREPARE_ALL = ";\n".join((_PREPARE_SQL, _CLAIM[0], _COMPLETE[0], _FAIL[0], _SETTLE[0]))
+
 # Driver-level SQL (psycopg2 parameters), so that several statements travel
 # as one string: one round trip each for the claim and for the write.
 _LOCK_SQL = "SELECT pg_advisory_lock(%(space)s, %(key)s)"
 _UNLOCK_SQL = "SELECT pg_advisory_unlock(%(space)s, %(key)s)"
 # Waits its turn on the hour, then claims the slice; the claim commits at once.
-_CLAIM_BATCH = ";\n".join((jobs.ASYNC_COMMIT_SQL, _LOCK_SQL, jobs.CLAIM_SQL))
+_CLAIM_BATCH = ";\n".join((jobs.ASYNC_COMMIT_SQL, _LOCK_SQL, _CLAIM[1]))
 _WRITE_SQL = f"EXECUTE {_PREPARED} (%(ts)s, %(ids)s, %(vals)s, %(start)s, %(end)s, %(signals)s)"
 # The rows and the slice's end commit together; then the hour's lock is
 # released and the job settled. The settle comes last: a batch's result is its
@@ -81,21 +106,21 @@ _COMMIT_BATCH = ";\n".join(
         "BEGIN",
         jobs.ASYNC_COMMIT_SQL,
         _WRITE_SQL,
-        jobs.COMPLETE_SQL,
+        _COMPLETE[1],
         "COMMIT",
         _UNLOCK_SQL,
         jobs.ASYNC_COMMIT_SQL,
-        jobs.SETTLE_SQL,
+        _SETTLE[1],
     )
 )
 _FAIL_BATCH = ";\n".join(
     (
         "BEGIN",
         jobs.ASYNC_COMMIT_SQL,
-        jobs.FAIL_SQL,
+        _FAIL[1],
         "COMMIT",
         jobs.ASYNC_COMMIT_SQL,
-        jobs.SETTLE_SQL,
+        _SETTLE[1],
     )
 )
 _HOLDS_STATISTICS = text(
@@ -175,6 +200,7 @@ class HourSession:
 
     def claim(self) -> jobs.Claim | None:
         """Wait for the hour, then claim the slice (see ``jobs.CLAIM_SQL``)."""
+        self._prepare()
         row = self.conn.exec_driver_sql(_CLAIM_BATCH, self._params).first()
         self.locked = True
         return jobs.Claim(*row) if row else None
@@ -196,7 +222,6 @@ class HourSession:
             **_rows_params(self.hour, rows, ids),
             "values_ignored": values_ignored,
         }
-        self._prepare()
         settled = self.conn.exec_driver_sql(_COMMIT_BATCH, params).first()
         self.locked = False
         self.ended = jobs.EndedJob(*settled) if settled else None
@@ -214,10 +239,10 @@ class HourSession:
             self.locked = False
 
     def _prepare(self) -> None:
-        """PREPARE the write on this database connection, once in its life."""
+        """PREPARE the slice's statements on this connection, once in its life."""
         info = self.conn.connection.info
         if not info.get(_PREPARED):
-            self.conn.exec_driver_sql(_PREPARE_SQL)
+            self.conn.exec_driver_sql(_PREPARE_ALL)
             info[_PREPARED] = True
 
 
