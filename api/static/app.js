@@ -7,7 +7,7 @@
   const $ = (id) => document.getElementById(id);
   const SVG_NS = "http://www.w3.org/2000/svg";
   const GLYPHS = {
-    succeeded: "✓", failed: "✕", running: "↻", queued: "…", waiting: "⏸", never_run: "·",
+    succeeded: "✓", failed: "✕", running: "↻", queued: "…", waiting: "‖", never_run: "·",
   };
   const LABELS = {
     succeeded: "succeeded", failed: "failed", running: "running", queued: "queued",
