@@ -36,8 +36,11 @@ def _bench_databases() -> set[str]:
     engine = create_engine(f"{PG_URL}/postgres", poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            return set(conn.scalars(text(
-                "SELECT datname FROM pg_database WHERE datname LIKE 'wf_bench_%'")))
+            return set(
+                conn.scalars(
+                    text("SELECT datname FROM pg_database WHERE datname LIKE 'wf_bench_%'")
+                )
+            )
     finally:
         engine.dispose()
 
@@ -47,10 +50,25 @@ def test_a_stopped_benchmark_leaves_no_process_or_database_behind(tmp_path, sig)
     tag = uuid.uuid4().hex
     before = _bench_databases()
     bench = subprocess.Popen(
-        [sys.executable, "-m", "bench.run", "--days", "2", "--workers", "1", "--no-cli",
-         "--no-bookkeeping", "--out", str(tmp_path)],
-        cwd=REPO, env=process_env(WF_BENCH_TEST_TAG=tag), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--days",
+            "2",
+            "--workers",
+            "1",
+            "--no-cli",
+            "--no-bookkeeping",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=process_env(WF_BENCH_TEST_TAG=tag),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         # Its API, a worker node and the node's pool child: the stack is up.
