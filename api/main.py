@@ -23,6 +23,7 @@ from api.limits import DataBudget, RequestLimits, SendGuard, return_freed_memory
 from api.metrics import install as install_metrics
 from api.routes import dashboard, data, freshness, health, jobs, partitions, series
 from api.security import SecurityHeaders, add_offline_docs
+from windfarm import __version__
 from windfarm.config import get_settings
 from windfarm.db import target_engine
 from windfarm.logs import setup_logging
@@ -59,7 +60,7 @@ def create_app() -> FastAPI:
     app = HardenedAPI(
         title="windfarm-etl",
         summary="Wind-turbine source data and 10-minute statistics ETL jobs.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         # Any request can meet api.limits' query-string bound.
         responses=problem_responses(414),

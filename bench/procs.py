@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ class Proc:
     popen: subprocess.Popen
     log_path: Path
     url: str | None = None
+    metrics_port: int | None = None  # a worker node's Prometheus port
     _stopped: bool = field(default=False, repr=False)
 
     def log(self) -> str:
@@ -110,6 +112,8 @@ def start_worker(
     """One ``celery -A workers worker`` node (both lanes), once it is ready; it
     joins ``into`` at once."""
     hostname = f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h"
+    port = free_port()
+    env = {**env, "ETL_METRICS_PORT": str(port)}
     proc = start(
         name,
         [
@@ -132,6 +136,7 @@ def start_worker(
         env,
         log_dir,
     )
+    proc.metrics_port = port
     into.append(proc)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.popen.poll() is None:
@@ -142,6 +147,28 @@ def start_worker(
         time.sleep(0.1)
     proc.stop()
     raise RuntimeError(f"worker {name} did not start:\n{proc.log()[-3000:]}")
+
+
+PHASE_LINE = re.compile(
+    r'^windfarm_etl_worker_slice_duration_seconds_(sum|count)\{phase="(\w+)"\} (\S+)$', re.M
+)
+
+
+def phase_totals(nodes: list[Proc]) -> dict[str, list[float]]:
+    """Seconds and slices each phase (fetch, compute, write) has taken so far,
+    summed over the worker nodes' metrics (0 for a node that does not answer)."""
+    totals: dict[str, list[float]] = {}
+    for node in nodes:
+        if node.metrics_port is None:
+            continue
+        try:
+            text = httpx.get(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            continue
+        for kind, phase, value in PHASE_LINE.findall(text):
+            entry = totals.setdefault(phase, [0.0, 0.0])
+            entry[0 if kind == "sum" else 1] += float(value)
+    return totals
 
 
 def _children(pid: int) -> list[int]:

@@ -249,7 +249,9 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
     last = FIRST_DAY + timedelta(days=days - 1) if days else stack.last_day
     body = {"start_date": FIRST_DAY.isoformat(), "end_date": last.isoformat(), "force": True}
     engine = create_engine(stack.target_url, poolclass=NullPool)
+    nodes = [p for p in stack.procs if p.name.startswith("worker")]
     cpu_before, calls_before = stack.cpu(), broker_calls(stack.broker)
+    phases_before = procs.phase_totals(nodes)
     with httpx.Client(base_url=api_url, timeout=120) as client:
         began = time.perf_counter()
         job = client.post("/jobs", json=body).json()
@@ -268,6 +270,7 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
         wall = time.perf_counter() - began
         final = client.get(f"/jobs/{job_id}").json()
     cpu_after, calls_after = stack.cpu(), broker_calls(stack.broker)
+    phases_after = procs.phase_totals(nodes)
     with engine.connect() as conn:
         timings = conn.execute(
             text(
@@ -300,6 +303,13 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
         "queue_wait_ms_p95": percentile(waits, 95),
         "rows_written": final["rows_written"],
         "broker": stack.broker,
+        # Wall time of each phase of a slice in the task (its workers' metrics).
+        "phase_ms": {
+            phase: 1000
+            * (seconds - phases_before.get(phase, [0, 0])[0])
+            / max(1, count - phases_before.get(phase, [0, 0])[1])
+            for phase, (seconds, count) in phases_after.items()
+        },
         "redis_commands_per_slice": (calls_after - calls_before) / slices
         if calls_before is not None
         else None,
@@ -448,6 +458,17 @@ def print_table(figures: dict) -> None:
         )
     if cli := figures.get("cli"):
         print(f"{'workers.etl, one process':<28}{cli['wall_s']:>9.2f}{cli['slices_per_s']:>10.0f}")
+    print()
+    print(f"{'phase ms per slice (wall)':<28}{'fetch':>9}{'compute':>9}{'write':>9}")
+    for run in figures["backfills"]:
+        phase = run.get("phase_ms") or {}
+        label = f"{run['broker']}, {run['nodes']} node(s), {run['workers']} proc(s)"
+        print(
+            f"{label:<28}"
+            + "".join(
+                f"{phase.get(name, float('nan')):>9.2f}" for name in ("fetch", "compute", "write")
+            )
+        )
     print()
     print(
         f"{'CPU ms per slice':<28}{'api':>9}{'consumer':>9}{'pool':>9}{'broker':>9}"
