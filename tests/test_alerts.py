@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.databases import in_process_client
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "prometheus"
 CONFIG = DEPLOY / "prometheus.yml"
@@ -75,14 +77,12 @@ def _series_in(text: str) -> set[str]:
 
 def test_the_rules_read_series_that_the_api_exports(dbs):
     """Names drift: every series the rules read is on the API's /metrics."""
-    from fastapi.testclient import TestClient
-
     from api.main import create_app
     from api.metrics import install
 
     app = create_app()
     install(app)
-    with TestClient(app) as client:
+    with in_process_client(app=app) as client:
         client.get("/health")
         exported = client.get("/metrics").text
     used = _series_in(RULES.read_text())

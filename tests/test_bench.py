@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -13,8 +12,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from tests.conftest import PG_URL
-from tests.procs import REPO, process_env
+from tests.support.databases import PG_URL
+from tests.support.procs import REPO, process_env
+from tests.support.waiting import poll, until
 
 pytestmark = pytest.mark.slow
 
@@ -70,12 +70,14 @@ def test_a_stopped_benchmark_leaves_no_process_or_database_behind(tmp_path, sig)
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
         # Its API, a worker node and the node's pool child: the stack is up.
-        while len(_tagged(tag)) < 4:
-            assert bench.poll() is None and time.monotonic() < deadline, bench.stdout.read()
-            time.sleep(0.2)
-        started = _tagged(tag)
+        started = until(
+            lambda: _tagged(tag),
+            lambda found: len(found) >= 4,
+            timeout=120,
+            alive=lambda: bench.poll() is None,
+            what=lambda: f"the benchmark's stack up:\n{bench.stdout.read()}",
+        )
         bench.send_signal(sig)
         output, _ = bench.communicate(timeout=60)
     finally:
@@ -83,8 +85,6 @@ def test_a_stopped_benchmark_leaves_no_process_or_database_behind(tmp_path, sig)
             bench.kill()
     assert bench.returncode == 130, output
     assert "interrupted; stopping what it started" in output
-    deadline = time.monotonic() + 10
-    while _tagged(tag) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    poll(lambda: _tagged(tag), lambda found: not found, timeout=10)
     assert _tagged(tag) == [], f"left running: {_tagged(tag)} of {started}"
     assert _bench_databases() <= before

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.procs import REPO, process_env
+from tests.support.procs import REPO, process_env
 
 WORKER_SIDE = (
     "numpy",

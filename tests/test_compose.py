@@ -710,7 +710,7 @@ def test_compose_command_target_loads(service: str) -> None:
 
 def _start(name: str, argv: list[str], env: dict[str, str], log_dir: Path):
     """``argv`` (a container command starting with `celery`) as a process here."""
-    from tests.procs import start
+    from tests.support.procs import start
 
     assert argv[0] == "celery", argv
     return start(name, ["-m", "celery", *argv[1:]], env, log_dir)
@@ -722,8 +722,22 @@ def _run_check(command: str, env: dict[str, str], timeout: float = 60):
     )
 
 
+def _until_healthy(check: str, env: dict[str, str], proc, what: str) -> None:
+    """Run the healthcheck every 0.5 s until it passes (30 s at most, while ``proc`` lives)."""
+    from tests.support.waiting import until
+
+    until(
+        lambda: _run_check(check, env).returncode == 0,
+        timeout=30,
+        interval=0.5,
+        alive=proc.alive,
+        what=what,
+        procs=(proc,),
+    )
+
+
 def test_worker_healthcheck_pings_its_own_node(tmp_path: Path) -> None:
-    from tests.procs import purge_queue
+    from tests.support.procs import purge_queue
 
     worker = _resolved_config(tmp_path)["services"]["worker"]
     argv = [re.sub(r"^--concurrency=.*", "--concurrency=1", arg) for arg in _argv(worker)]
@@ -755,7 +769,7 @@ def test_worker_healthcheck_pings_its_own_node(tmp_path: Path) -> None:
 
 
 def test_beat_healthcheck_follows_the_schedule_file(tmp_path: Path) -> None:
-    from tests.procs import purge_queue
+    from tests.support.procs import purge_queue
 
     beat = _resolved_config(tmp_path)["services"]["beat"]
     argv = _argv(beat)
@@ -771,12 +785,7 @@ def test_beat_healthcheck_follows_the_schedule_file(tmp_path: Path) -> None:
     assert _run_check(check, env).returncode != 0, "healthy before beat started"
     proc = _start("beat", argv, env, tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while _run_check(check, env).returncode != 0:
-            assert proc.alive() and time.monotonic() < deadline, (
-                f"beat never looked healthy\n{proc.describe()}"
-            )
-            time.sleep(0.5)
+        _until_healthy(check, env, proc, "beat looking healthy")
     finally:
         proc.stop()
         purge_queue(PROBE_BROKER_URL, queue)
@@ -791,7 +800,7 @@ def test_beat_healthcheck_follows_the_schedule_file(tmp_path: Path) -> None:
 
 
 def test_flower_healthcheck_is_open_and_the_rest_is_not(tmp_path: Path) -> None:
-    from tests.procs import free_port
+    from tests.support.procs import free_port
 
     flower = _resolved_config(tmp_path)["services"]["flower"]
     port = str(free_port())
@@ -801,12 +810,7 @@ def test_flower_healthcheck_is_open_and_the_rest_is_not(tmp_path: Path) -> None:
     env = _probe_env(tmp_path, **{**_env(flower), "CELERY_BROKER_URL": PROBE_BROKER_URL})
     proc = _start("flower", argv, env, tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while _run_check(check, env).returncode != 0:
-            assert proc.alive() and time.monotonic() < deadline, (
-                f"Flower's healthcheck never passed\n{proc.describe()}"
-            )
-            time.sleep(0.5)
+        _until_healthy(check, env, proc, "Flower's healthcheck passing")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
         assert refused.value.code == 401

@@ -11,8 +11,6 @@ drives that binary, it never downloads a browser of its own.
 from __future__ import annotations
 
 import os
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,23 +19,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Databases, _create, _drop, _use
+from tests.support.browser import CHROMIUM, chromium
+from tests.support.databases import Databases, module_databases, use_databases
+from tests.support.jobs import post_job
+from tests.support.procs import Tracker, process_env, purge_run_queue, run_api, run_worker
+from tests.support.waiting import wait_for_job
 from windfarm import jobs
 from windfarm.db import target_engine
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
 
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TOKEN = "dashboard-test-token"
 TOKEN_KEY = "windfarm-etl.api-token"
@@ -61,16 +52,6 @@ class Stack:
     url: str
 
 
-def _wait_for_job(url: str, job_id: int) -> dict:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{url}/jobs/{job_id}", timeout=5).json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not end in {JOB_TIMEOUT_S} s: {job}")
-
-
 def _store_failed_hour() -> None:
     # A failure a worker would record, written the way the worker writes it.
     with target_engine().begin() as conn:
@@ -83,44 +64,30 @@ def _store_failed_hour() -> None:
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     """API (with a token) and one worker on this module's databases, two days processed."""
-    from tests.procs import process_env, purge_queue, run_api, run_worker
-
-    saved = {k: os.environ[k] for k in ("SOURCE_DATABASE_URL", "TARGET_DATABASE_URL")}
-    dbs = _create(f"ui{uuid.uuid4().hex[:6]}")
-    _use(dbs)
-    procs = []
-    # A message another test left on the run's queue must not reach this worker.
-    purge_queue(os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"])
-    try:
-        api = run_api(process_env(API_TOKEN=TOKEN), name="dashboard-api")
-        procs.append(api)
-        procs.append(run_worker(process_env(API_BASE_URL=api.url), name="dashboard-worker"))
-        posted = httpx.post(
-            f"{api.url}/jobs",
-            json={"start_date": PROCESSED[0], "end_date": PROCESSED[-1]},
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=10,
+    with module_databases("ui") as dbs, Tracker() as procs:
+        use_databases(dbs)
+        # A message another test left on the run's queue must not reach this worker.
+        purge_run_queue()
+        procs.defer(purge_run_queue)
+        api = procs.add(run_api(process_env(API_TOKEN=TOKEN), name="dashboard-api"))
+        procs.add(run_worker(process_env(API_BASE_URL=api.url), name="dashboard-worker"))
+        posted = post_job(
+            api.url,
+            {"start_date": PROCESSED[0], "end_date": PROCESSED[-1]},
+            Authorization=f"Bearer {TOKEN}",
         )
-        assert posted.status_code == 202, posted.text
-        assert _wait_for_job(api.url, posted.json()["id"])["status"] == "succeeded"
+        job = wait_for_job(
+            posted["id"], api=api.url, timeout=JOB_TIMEOUT_S, interval=0.3, procs=procs
+        )
+        assert job["status"] == "succeeded"
         _store_failed_hour()
         yield Stack(dbs, api.url)
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
-            print(proc.describe())
-        purge_queue(os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"])
-        _drop(dbs)
-        os.environ.update(saved)
-        _use(Databases(saved["SOURCE_DATABASE_URL"], saved["TARGET_DATABASE_URL"]))
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[sync_api.Browser]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium(sync_api) as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import Databases
+from tests.support.databases import Databases
 
 
 def _source_rows(url: str, start: str, end: str) -> list[dict]:

@@ -25,20 +25,20 @@ import termios
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.procs import REPO, free_port, process_env, purge_queue
+from tests.support.databases import PG_URL, REDIS_URL
+from tests.support.procs import REPO, Tracker, free_port, process_env, purge_queue
+from tests.support.waiting import poll, until
 from windfarm.db import drop_database
 
 SCRIPT = REPO / "scripts" / "devrun.py"
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 TAG_VAR = "DEVRUN_TEST_TAG"
 READY_TIMEOUT_S = 120.0
 # The supervisor gives each tier up to 10 s: with nothing slow in hand it takes ~2 s.
@@ -126,15 +126,11 @@ def tagged(tag: str) -> dict[int, str]:
 
 
 def wait_gone(tree: dict[int, tuple[int, str]], tag: str, bound: float) -> None:
-    deadline = time.monotonic() + bound
-    while True:
-        left = {pid: cmd for pid, (start, cmd) in tree.items() if _running(pid, start)}
-        left.update(tagged(tag))
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still running after {bound:g} s: {left}")
-        time.sleep(0.2)
+    def left() -> dict[int, str]:
+        running = {pid: cmd for pid, (start, cmd) in tree.items() if _running(pid, start)}
+        return {**running, **tagged(tag)}
+
+    until(left, lambda running: not running, timeout=bound, what="every process gone")
 
 
 def listening(port: int) -> set[str]:
@@ -177,11 +173,24 @@ class Run:
     run_dir: Path
 
 
+def _tidy(run: Run, dbs: list[str], broker: str | None) -> None:
+    """What a run may leave: its processes (a failed test must leave nothing behind
+    either), databases, queue and run directory."""
+    for pid in tagged(run.tag):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    for url in dbs:
+        drop_database(url)
+    if broker:
+        purge_queue(broker, run.env["ETL_QUEUE"])
+    shutil.rmtree(run.run_dir, ignore_errors=True)
+
+
 @pytest.fixture
-def make_env() -> Iterator[Callable[..., Run]]:
-    """``make_env(private=False)``: the environment of one run. ``private``: PostgreSQL
-    and Redis on free ports nobody answers on, so the supervisor starts its own."""
-    made: list[tuple[Run, list[str], str | None]] = []
+def make_env(procs: Tracker) -> Callable[..., Run]:
+    """``make_env(private=False)``: the environment of one run, tidied after the test.
+    ``private``: PostgreSQL and Redis on free ports nobody answers on, so the
+    supervisor starts its own."""
 
     def build(*, private: bool = False) -> Run:
         tag = uuid.uuid4().hex[:10]
@@ -214,19 +223,10 @@ def make_env() -> Iterator[Callable[..., Run]]:
             if name not in ("API_PORT", "FLOWER_PORT", "RUN_DIR", "WORKERS"):
                 env.pop(name, None)
         run = Run(env, tag, api_port, flower_port, run_dir)
-        made.append((run, [] if private else dbs, None if private else broker))
+        procs.defer(lambda: _tidy(run, [] if private else dbs, None if private else broker))
         return run
 
-    yield build
-    for run, dbs, broker in made:
-        for pid in tagged(run.tag):  # a failed test must leave nothing behind either
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        for url in dbs:
-            drop_database(url)
-        if broker:
-            purge_queue(broker, run.env["ETL_QUEUE"])
-        shutil.rmtree(run.run_dir, ignore_errors=True)
+    return build
 
 
 def start_supervisor(run: Run, log: Path) -> subprocess.Popen:
@@ -267,20 +267,20 @@ def start_make(run: Run, log: Path) -> subprocess.Popen:
 def wait_ready(run: Run, proc: subprocess.Popen, output: Callable[[], str]) -> None:
     """Until the API answers /health, Flower answers, the worker is ready and the
     banner is out."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         assert proc.poll() is None, f"the run ended ({proc.returncode}):\n{output()[-6000:]}"
         text = output()
-        if "[run] ready" in text and " ready." in text:
-            try:
-                api = httpx.get(f"http://127.0.0.1:{run.api_port}/health", timeout=2)
-                flower = httpx.get(f"http://127.0.0.1:{run.flower_port}/healthcheck", timeout=2)
-                if api.status_code == 200 and flower.status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.2)
-    raise AssertionError(f"not ready in {READY_TIMEOUT_S:g} s:\n{output()[-6000:]}")
+        if "[run] ready" not in text or " ready." not in text:
+            return False
+        try:
+            api = httpx.get(f"http://127.0.0.1:{run.api_port}/health", timeout=2)
+            flower = httpx.get(f"http://127.0.0.1:{run.flower_port}/healthcheck", timeout=2)
+        except httpx.HTTPError:
+            return False
+        return api.status_code == 200 and flower.status_code == 200
+
+    until(ready, timeout=READY_TIMEOUT_S, what=lambda: f"the run ready:\n{output()[-6000:]}")
 
 
 def full_tree(root: int, run: Run) -> dict[int, tuple[int, str]]:
@@ -379,9 +379,12 @@ def test_stop_kills_the_group_of_a_child_that_ignores_sigterm(monkeypatch, capfd
     sup = devrun.Supervisor()
     try:
         child = sup.start("stubborn", [sys.executable, "-c", code], env=dict(os.environ))
-        deadline = time.monotonic() + 20
-        while len(tree := process_tree(child.pgid)) < 2 and time.monotonic() < deadline:
+
+        def pumped_tree() -> dict[int, tuple[int, str]]:
             sup.pump(0.1)
+            return process_tree(child.pgid)
+
+        _, tree = poll(pumped_tree, lambda tree: len(tree) >= 2, timeout=20, interval=0)
         assert len(tree) == 2, tree
         started = time.monotonic()
         sup.stop()

@@ -9,8 +9,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import text
 
-from tests.oracle import assert_target_matches_oracle
-from tests.procs import REPO, free_port, process_env
+from tests.support.jobs import slice_rows
+from tests.support.oracle import assert_target_matches_oracle
+from tests.support.procs import REPO, free_port, process_env
 from windfarm.db import target_engine
 
 
@@ -26,14 +27,8 @@ def etl(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedPro
 
 
 def job_slices(job_id: int) -> list[tuple]:
-    with target_engine().connect() as conn:
-        return conn.execute(
-            text(
-                "SELECT state, enqueued_at IS NOT NULL, error FROM etl_slice WHERE job_id = :j "
-                "ORDER BY slice_start"
-            ),
-            {"j": job_id},
-        ).all()
+    """(state, sent, error) of each slice of a job, in order of its hour."""
+    return list(slice_rows(job_id, "state", "enqueued_at IS NOT NULL", "error").values())
 
 
 def job_id_of(output: str) -> int:

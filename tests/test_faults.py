@@ -16,16 +16,18 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import date, datetime
 from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.procs import FaultyProxy, queue_length
-from tests.stack import PrivateRedis, System, assert_succeeded_and_right, slice_rows
-from tests.tcpproxy import TcpProxy
+from tests.support.jobs import slice_rows
+from tests.support.procs import queue_length
+from tests.support.proxies import FaultyProxy, Hold
+from tests.support.system import PrivateRedis, System, assert_succeeded_and_right
+from tests.support.tcpproxy import TcpProxy
+from tests.support.waiting import sample, until
 
 pytestmark = pytest.mark.slow
 
@@ -70,10 +72,7 @@ def test_api_5xx_timeouts_resets_and_refusals_for_a_while_are_retried(system: Sy
     first, last = date(2025, 12, 1), date(2025, 12, 5)
     job = system.post({"start_date": first.isoformat(), "end_date": last.isoformat()})
 
-    deadline = time.monotonic() + 30
-    while not began:
-        assert time.monotonic() < deadline, worker.describe()
-        time.sleep(0.05)
+    until(lambda: began, timeout=30, interval=0.05, what="the first fault", procs=(worker,))
     time.sleep(2)
     line.cut()  # the API is gone altogether: connections refused, open ones reset
     time.sleep(2)
@@ -161,11 +160,7 @@ def test_the_target_database_unreachable_for_20_s_mid_backfill(system: System):
     system.wait_progress(job["id"], 20)
 
     line.cut()
-    during = []
-    cut_at = time.monotonic()
-    while time.monotonic() - cut_at < 20:
-        during.append(system.job(job["id"]))
-        time.sleep(1)
+    during = sample(lambda: system.job(job["id"]), seconds=20)
     line.restore()
 
     assert {j["status"] for j in during} == {"running"}
@@ -212,32 +207,6 @@ def test_redis_restarted_with_its_queue_lost_mid_backfill(system: System):
 
 
 # --- Workers die -------------------------------------------------------------------------
-
-
-@dataclass
-class Hold:
-    """Holds the first request after :meth:`arm` until :attr:`release` is set."""
-
-    armed: threading.Event = field(default_factory=threading.Event)
-    caught: threading.Event = field(default_factory=threading.Event)
-    release: threading.Event = field(default_factory=threading.Event)
-    path: str = ""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def rule(self, path: str, n: int):
-        with self.lock:
-            # Only the test's own days: beat's hourly job runs beside them.
-            mine = self.armed.is_set() and not self.caught.is_set() and "start=2025-12-0" in path
-            if mine:
-                self.path = path
-                self.caught.set()
-        if mine:
-            self.release.wait(30)
-        return None  # then forward it: real data
-
-    def hour(self) -> datetime:
-        start = self.path.split("start=", 1)[1].split("&", 1)[0]
-        return datetime.fromisoformat(start)
 
 
 def test_a_worker_sigkilled_and_another_sigtermed_mid_task_lose_nothing(system: System):

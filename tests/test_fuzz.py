@@ -9,7 +9,6 @@ without it. The limits are then checked one by one on a real server.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 
 import httpx
@@ -28,8 +27,8 @@ from schemathesis.specs.openapi.checks import (
 
 from api.limits import MAX_BODY_BYTES, MAX_QUERY_BYTES
 from api.main import create_app
-from tests.conftest import _create, _drop, _use
-from tests.procs import purge_queue
+from tests.support.databases import module_databases, use_databases
+from tests.support.procs import purge_run_queue
 
 TOKEN = "fuzz-t0ken"
 # Per operation; about 12 operations. Enough to find the classic 500s (number
@@ -84,10 +83,9 @@ cases: Counter[str] = Counter()
 def fuzz_databases():
     """Databases of the fuzz run's own; the jobs the fuzzer posts are sent to the
     run's queue, which is emptied afterwards."""
-    dbs = _create("fuzz")
-    yield dbs
-    _drop(dbs)
-    purge_queue(os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"])
+    with module_databases("fuzz") as dbs:
+        yield dbs
+    purge_run_queue()
     main = {op: n for op, n in cases.items() if n > 1}
     others = sum(cases.values()) - sum(main.values())
     print(
@@ -100,7 +98,7 @@ def fuzz_databases():
 @pytest.fixture
 def fuzz_dbs(fuzz_databases, settings_env):
     """The fuzz databases made current, with API_TOKEN set for this test only."""
-    _use(fuzz_databases)
+    use_databases(fuzz_databases)
     settings_env(API_TOKEN=TOKEN)
     return fuzz_databases
 
@@ -149,7 +147,7 @@ def test_a_body_within_the_limit_still_works_chunked(api_server):
         f"{api_server.url}/jobs", content=chunks(), headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 202, response.text
-    purge_queue(os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"])
+    purge_run_queue()
 
 
 def test_a_long_query_string_is_414(api_server):

@@ -16,7 +16,6 @@ checked in ``tests/test_dashboard_browser.py``, which has an API with a token.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,21 +26,12 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.security import CONTENT_SECURITY_POLICY, DOCS_ASSETS_URL
-from tests.conftest import Databases, _use
+from tests.support.browser import CHROMIUM, chromium
+from tests.support.databases import Databases, in_process_client, use_databases
+from tests.support.procs import Tracker, process_env, run_api
 
 TOKEN = "hardening-t0ken"
 STATIC = Path(__file__).resolve().parent.parent / "api" / "static"
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def assert_hardened(response: httpx.Response, *, own_policy: bool = False) -> None:
@@ -70,7 +60,7 @@ def hardened(dbs: Databases, settings_env) -> Iterator[TestClient]:
     def boom() -> None:
         raise RuntimeError("a bug")
 
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with in_process_client(app=app, raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -188,7 +178,7 @@ def test_the_docs_load_nothing_from_elsewhere_and_hash_their_inline_code(hardene
 
 def test_allowed_hosts_refuse_another_host(dbs: Databases, settings_env):
     settings_env(ALLOWED_HOSTS="api.example, localhost")
-    with TestClient(create_app(), base_url="http://api.example") as allowed:
+    with in_process_client(base_url="http://api.example") as allowed:
         assert allowed.get("/health").status_code == 200
         assert allowed.get("/health", headers={"Host": "localhost:8000"}).status_code == 200
         refused = allowed.get("/health", headers={"Host": "evil.example"})
@@ -206,7 +196,7 @@ def test_allowed_hosts_refuse_another_host(dbs: Databases, settings_env):
 
 def test_without_allowed_hosts_any_host_is_served(dbs: Databases, settings_env):
     settings_env(ALLOWED_HOSTS="")
-    with TestClient(create_app(), base_url="http://anything.example") as client:
+    with in_process_client(base_url="http://anything.example") as client:
         assert client.get("/health").status_code == 200
         assert client.get("/health", headers={"Host": "evil.example"}).status_code == 200
 
@@ -216,13 +206,9 @@ def test_without_allowed_hosts_any_host_is_served(dbs: Databases, settings_env):
 
 @pytest.fixture(scope="module")
 def real_api(shared_dbs: Databases) -> Iterator[str]:
-    from tests.procs import process_env, run_api
-
-    _use(shared_dbs)
-    proc = run_api(process_env(API_TOKEN=TOKEN), name="hardening-api")
-    yield proc.url
-    proc.stop()
-    print(proc.describe())
+    use_databases(shared_dbs)
+    with Tracker() as procs:
+        yield procs.add(run_api(process_env(API_TOKEN=TOKEN), name="hardening-api")).url
 
 
 @pytest.fixture(scope="module")
@@ -230,10 +216,8 @@ def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium(sync_api) as launched:
+        yield launched
 
 
 class Visit:
@@ -313,8 +297,11 @@ def test_the_dashboard_runs_under_the_policy(browser, real_api: str):
         assert visit.response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
         visit.page.wait_for_selector("#grid-body tr")
         visit.page.locator("#chart-check.message").wait_for()
+        # A function, not an expression: Playwright polls an expression with eval(),
+        # which the policy forbids (a flaky EvalError whenever the first check fails).
         visit.page.wait_for_function(
-            "document.querySelector('#chart path[data-series=raw]')?.getAttribute('d')?.length"
+            "() => document.querySelector('#chart path[data-series=raw]')"
+            "?.getAttribute('d')?.length"
         )
         assert visit.outside == [] and visit.violations == [] and visit.errors == []
         # An inline script someone adds would not run.

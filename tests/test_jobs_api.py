@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
 
-from tests.conftest import Databases, in_process_client, module_databases
+from tests.support.databases import Databases, in_process_client, module_databases
+from tests.support.jobs import slice_rows
 
 
 @pytest.fixture(scope="module")
 def module_dbs():
     """Databases of this module's own: open jobs of other modules would cover its days."""
-    yield from module_databases("jobs")
+    with module_databases("jobs") as dbs:
+        yield dbs
 
 
 @pytest.fixture
@@ -23,7 +24,8 @@ def dbs(module_dbs: Databases) -> Databases:
 @pytest.fixture
 def client(module_dbs: Databases):
     """An in-process client on an empty job table."""
-    yield from in_process_client(module_dbs, "TRUNCATE etl_job CASCADE")
+    with in_process_client(module_dbs, reset_sql="TRUNCATE etl_job CASCADE") as client:
+        yield client
 
 
 @pytest.fixture
@@ -39,21 +41,6 @@ def broker():
     client.close()
 
 
-def _slices(url: str, job_id: int) -> list[tuple]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(
-                text(
-                    "SELECT slice_start, state, enqueued_at FROM etl_slice WHERE job_id = :j "
-                    "ORDER BY slice_start"
-                ),
-                {"j": job_id},
-            ).all()
-    finally:
-        engine.dispose()
-
-
 def test_posting_a_day_stores_24_slices_and_sends_them(client, dbs: Databases, broker):
     redis_client, queue = broker
     response = client.post("/jobs", json={"date": "2025-12-05"})
@@ -63,11 +50,11 @@ def test_posting_a_day_stores_24_slices_and_sends_them(client, dbs: Databases, b
     assert job["status"] == "queued"
     assert job["slices_total"] == 24 and job["slices_pending"] == 24
     assert (job["start_date"], job["end_date"]) == ("2025-12-05", "2025-12-05")
-    slices = _slices(dbs.target_url, job["id"])
-    assert [s.slice_start.hour for s in slices] == list(range(24))
-    assert all(s.slice_start.date().isoformat() == "2025-12-05" for s in slices)
+    slices = slice_rows(job["id"], "enqueued_at")  # the client made dbs current
+    assert [start.hour for start in slices] == list(range(24))
+    assert all(start.date().isoformat() == "2025-12-05" for start in slices)
     # The background send ran after the response: every slice is on the queue.
-    assert all(s.enqueued_at is not None for s in slices)
+    assert all(s.enqueued_at is not None for s in slices.values())
     assert redis_client.llen(queue) == 24
 
 

@@ -25,7 +25,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,8 +40,8 @@ from api.limits import (
     estimate_data_bytes,
 )
 from api.seed_source import seed
-from tests.conftest import Databases
-from tests.procs import START_TIMEOUT_S, Proc, free_port, process_env, start
+from tests.support.databases import Databases
+from tests.support.procs import Proc, Tracker, process_env, serve
 
 MIB = 1024 * 1024
 MONTH = "start=2025-11-20T00:00:00&end=2025-12-20T23:59:00"  # 31 days, all variables
@@ -50,41 +50,15 @@ RSS_BOUND_MIB = 512
 # --- helpers -------------------------------------------------------------------
 
 
-def serve(name: str, args: list[str], log_dir: Path, **env: str) -> Proc:
-    """``python args... --port N`` on a free port, once ``/health`` answers 200."""
-    port = free_port()
-    proc = start(
-        name,
-        [*args, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        process_env(**env),
-        log_dir,
-    )
-    proc.url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and proc.alive():
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{proc.url}/health", timeout=2).status_code == 200:
-                return proc
-        time.sleep(0.1)
-    proc.stop()
-    raise RuntimeError(f"{name} did not become healthy\n{proc.describe()}")
-
-
 @pytest.fixture
-def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    """Start API processes on this test's databases: ``start(args, **env)``."""
-    request.getfixturevalue("fresh_dbs" if "fresh_dbs" in request.fixturenames else "dbs")
-    started: list[Proc] = []
+def servers(current_dbs: Databases, procs: Tracker, tmp_path: Path) -> Callable[..., Proc]:
+    """Start API processes on this test's databases: ``start(args, **env)``, once
+    ``/health`` answers 200."""
 
     def start_one(args: list[str], **env: str) -> Proc:
-        proc = serve(f"api{len(started) + 1}", args, tmp_path, **env)
-        started.append(proc)
-        return proc
+        return procs.add(serve(f"api{len(procs) + 1}", args, process_env(**env), log_dir=tmp_path))
 
-    yield start_one
-    for proc in started:
-        proc.stop()
-        print(proc.describe())
+    return start_one
 
 
 API_SERVE = ["-m", "api.serve"]

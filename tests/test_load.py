@@ -20,9 +20,10 @@ import httpx
 import pytest
 
 from api.seed_source import seed
-from tests.conftest import Databases
-from tests.oracle import assert_target_matches_oracle
-from tests.procs import wait_for_job
+from tests.support.databases import Databases
+from tests.support.jobs import get_job, post_job
+from tests.support.oracle import assert_target_matches_oracle
+from tests.support.waiting import wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -69,15 +70,11 @@ def test_get_data_under_concurrent_clients_during_a_30_day_backfill(
 ):
     seed(fresh_dbs.source_url, start=FIRST + timedelta(days=10), end=LAST)
     worker_factory(api_server.url)
-    posted = httpx.post(
-        f"{api_server.url}/jobs",
-        timeout=30,
-        json={"start_date": FIRST.isoformat(), "end_date": LAST.isoformat()},
-    )
-    assert posted.status_code == 202, posted.text
-    job_url = f"{api_server.url}/jobs/{posted.json()['id']}"
+    job_id = post_job(
+        api_server.url, {"start_date": FIRST.isoformat(), "end_date": LAST.isoformat()}
+    )["id"]
 
-    before = httpx.get(job_url, timeout=10).json()
+    before = get_job(api_server.url, job_id)
     stop_at = time.monotonic() + LOAD_S
     results: list[tuple[dict, list[str]]] = []
     lock = threading.Lock()
@@ -94,7 +91,7 @@ def test_get_data_under_concurrent_clients_during_a_30_day_backfill(
     for thread in threads:
         thread.join(LOAD_S + 60)
     elapsed = time.monotonic() - began
-    after = httpx.get(job_url, timeout=10).json()
+    after = get_job(api_server.url, job_id)
 
     errors = [e for _, errs in results for e in errs]
     assert len(results) == CLIENTS and not errors, errors[:10]
@@ -122,7 +119,7 @@ def test_get_data_under_concurrent_clients_during_a_30_day_backfill(
             f"p99 {percentile(values, 0.99) * 1000:.1f} ms"
         )
 
-    view = wait_for_job(posted.json()["id"], timeout=180)
+    view = wait_for_job(job_id, timeout=180)
     assert (view.status, view.slices_succeeded) == ("succeeded", 720)
     rows = assert_target_matches_oracle(
         fresh_dbs.source_url,

@@ -13,14 +13,11 @@ import sys
 import time
 from datetime import date
 
-import httpx
 import pytest
 
-from tests.procs import REPO, Proc, free_port, process_env, start, wait_for_job
-from tests.test_metrics import (
-    metrics_api_fixture,  # noqa: F401 - the fixture metrics_api
-    post_day,
-)
+from tests.support.jobs import post_job
+from tests.support.procs import REPO, Proc, free_port, process_env, start
+from tests.support.waiting import wait_for_job
 from windfarm import logs
 
 TOUCHED = (
@@ -173,7 +170,7 @@ def test_every_line_of_a_job_is_json_with_the_slice_fields(fresh_dbs, metrics_ap
     api = metrics_api(**env)
     worker = worker_factory(api.url, concurrency=2, **env)
     api_from, worker_from = len(api.log()), len(worker.log())
-    job_id = post_day(api, date(2025, 12, 6))
+    job_id = post_job(api.url, {"date": date(2025, 12, 6).isoformat()})["id"]
     wait_for_job(job_id, timeout=60, procs=(api, worker))
     time.sleep(0.5)  # the last lines after the job's end
 
@@ -196,11 +193,7 @@ def test_a_ten_day_backfill_at_info_logs_a_few_lines(fresh_dbs, metrics_api, wor
     api = metrics_api(LOG_LEVEL="INFO")
     worker = worker_factory(api.url, concurrency=2, LOG_LEVEL="INFO")
     api_from, worker_from = len(api.log()), len(worker.log())
-    posted = httpx.post(
-        f"{api.url}/jobs", json={"start_date": "2025-12-01", "end_date": "2025-12-10"}, timeout=30
-    )
-    assert posted.status_code == 202, posted.text
-    job_id = posted.json()["id"]
+    job_id = post_job(api.url, {"start_date": "2025-12-01", "end_date": "2025-12-10"})["id"]
     view = wait_for_job(job_id, timeout=120, procs=(api, worker))
     assert (view.status, view.slices_succeeded) == ("succeeded", 240)
     time.sleep(0.5)

@@ -7,97 +7,19 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from tests.procs import FaultyProxy, Proc, free_port, process_env, start, wait_for_job
+from tests.support.databases import in_process_client
+from tests.support.jobs import post_job
+from tests.support.procs import Proc, free_port
+from tests.support.waiting import poll, until, wait_for_job
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def app_with_metrics():
-    """The API with its metrics and logging set up, for ``uvicorn --factory``: what
-    ``api.main.create_app`` builds once it calls both (adding them twice does nothing)."""
-    from api.main import create_app
-    from api.metrics import install
-    from windfarm.logs import setup_logging
-
-    setup_logging()
-    app = create_app()
-    install(app)
-    return app
-
-
-def run_api_with_metrics(env: dict[str, str], log_dir: Path, timeout: float = 30) -> Proc:
-    """uvicorn serving :func:`app_with_metrics` on a free port, once ``/health`` answers."""
-    for _ in range(3):  # another process may take the free port before uvicorn binds it
-        port = free_port()
-        proc = start(
-            "api",
-            [
-                "-m",
-                "uvicorn",
-                "--factory",
-                "tests.test_metrics:app_with_metrics",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env,
-            log_dir,
-        )
-        proc.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.alive():
-            try:
-                if httpx.get(f"{proc.url}/health", timeout=2).status_code == 200:
-                    return proc
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        proc.stop()
-        if "address already in use" not in proc.log().lower():
-            break
-    raise RuntimeError(f"the API did not become healthy\n{proc.describe()}")
-
-
-@pytest.fixture(name="metrics_api")
-def metrics_api_fixture(fresh_dbs, tmp_path_factory: pytest.TempPathFactory):
-    """Start real APIs with /metrics on the test's databases: ``start(**env) -> Proc``."""
-    started: list[Proc] = []
-
-    def start_api(**env: str) -> Proc:
-        proc = run_api_with_metrics(process_env(**env), tmp_path_factory.mktemp("api"))
-        started.append(proc)
-        return proc
-
-    yield start_api
-    for proc in started:
-        proc.stop()
-        print(proc.describe())
-
-
-@pytest.fixture
-def proxies():
-    started: list[FaultyProxy] = []
-
-    def make(upstream: str, rule) -> FaultyProxy:
-        started.append(FaultyProxy(upstream, rule))
-        return started[-1]
-
-    yield make
-    for proxy in started:
-        proxy.close()
 
 
 def scrape(url: str, *, token: str | None = None) -> Samples:
@@ -117,16 +39,12 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def scrape_until(url: str, done: Callable[[Samples], bool], timeout: float = 15) -> Samples:
     """Scrape until ``done`` holds: a slice's counters follow its commit by microseconds."""
-    deadline = time.monotonic() + timeout
-    while not done(samples := scrape(url)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _, samples = poll(lambda: scrape(url), done, timeout=timeout, interval=0.1)
     return samples
 
 
 def post_day(api: Proc, day: date) -> int:
-    response = httpx.post(f"{api.url}/jobs", json={"date": day.isoformat()}, timeout=30)
-    assert response.status_code == 202, response.text
-    return response.json()["id"]
+    return post_job(api.url, {"date": day.isoformat()})["id"]
 
 
 def end_of(day: date) -> float:
@@ -219,15 +137,13 @@ def test_a_scrape_while_the_target_is_down_says_so_and_still_answers():
 
 
 def _client():
-    from fastapi.testclient import TestClient
-
     from api.main import create_app
     from api.metrics import install
 
     app = create_app()
     install(app)
     install(app)  # a second call changes nothing
-    return TestClient(app)
+    return in_process_client(app=app)
 
 
 def test_metrics_are_open_without_api_token_and_need_it_with_one(dbs, settings_env):
@@ -374,10 +290,14 @@ def test_a_killed_pool_child_is_marked_dead_and_its_counts_stay(
     children = worker.child_pids()
     [victim, *_] = [pid for pid in children if (files / f"gauge_livesum_{pid}.db").exists()]
     os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while victim in (now := worker.child_pids()) or len(now) < 2:  # Celery starts another
-        assert time.monotonic() < deadline, worker.describe()
-        time.sleep(0.1)
+    until(  # Celery starts another
+        worker.child_pids,
+        lambda now: victim not in now and len(now) >= 2,
+        timeout=30,
+        interval=0.1,
+        what=f"pool child {victim} replaced",
+        procs=(worker,),
+    )
 
     after = scrape(url)
     assert not (files / f"gauge_livesum_{victim}.db").exists()

@@ -12,7 +12,7 @@ from datetime import date, datetime, timedelta
 import pytest
 from sqlalchemy import event, text
 
-from tests.conftest import Databases, in_process_client, module_databases
+from tests.support.databases import Databases, in_process_client, module_databases
 from windfarm import jobs
 from windfarm.db import target_engine
 from windfarm.timeutil import hour_floor, utcnow
@@ -27,13 +27,15 @@ def at(hour: int, day: date = DAY) -> datetime:
 @pytest.fixture(scope="module")
 def module_dbs() -> Iterator[Databases]:
     """Databases of this module's own: its tests write jobs to the target."""
-    yield from module_databases("parts")
+    with module_databases("parts") as dbs:
+        yield dbs
 
 
 @pytest.fixture
 def api(module_dbs: Databases):
     """An in-process client on an empty job table."""
-    yield from in_process_client(module_dbs, "TRUNCATE etl_job CASCADE")
+    with in_process_client(module_dbs, reset_sql="TRUNCATE etl_job CASCADE") as client:
+        yield client
 
 
 def job(*, start: date = DAY, end: date | None = None, hours: list[datetime] | None = None) -> int:

@@ -24,10 +24,13 @@ import redis
 from sqlalchemy import text
 
 from api.seed_source import seed
-from tests.oracle import actual_rows, assert_target_matches_oracle
-from tests.procs import FaultyProxy, process_env, queue_length, run_api
-from tests.stack import System, assert_succeeded_and_right, day_start, slice_rows
-from tests.tcpproxy import TcpProxy
+from tests.support.jobs import slice_row
+from tests.support.oracle import actual_rows, assert_target_matches_oracle
+from tests.support.procs import process_env, queue_length, run_api
+from tests.support.proxies import FaultyProxy
+from tests.support.system import System, assert_succeeded_and_right, day_start
+from tests.support.tcpproxy import TcpProxy
+from tests.support.waiting import ended, poll, sample, until
 from windfarm.db import drop_database, target_engine
 from windfarm.timeutil import HOUR
 
@@ -65,9 +68,7 @@ def test_a_burst_of_posts_is_answered_and_every_send_recorded_once(system: Syste
         with ThreadPoolExecutor(BURST) as pool:
             answers = list(pool.map(post, range(BURST)))
         # The sends run after the answers; let them finish while /health is watched.
-        deadline = time.monotonic() + 60
-        while _queued() < BURST * 24 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        poll(_queued, lambda queued: queued >= BURST * 24, timeout=60)
     finally:
         stop.set()
         watcher.join(30)
@@ -123,10 +124,13 @@ def test_scheduled_work_and_recovery_keep_their_cadence_behind_a_year_of_backlog
     assert backlog["slices_total"] == 366 * 24
     system.wait_progress(backlog["id"], 20)
     queue = os.environ["ETL_QUEUE"]
-    deadline = time.monotonic() + 60
-    while queue_length(os.environ["CELERY_BROKER_URL"], queue) < 6000:  # still publishing
-        assert time.monotonic() < deadline, system.job(backlog["id"])
-        time.sleep(0.1)
+    until(  # still publishing
+        lambda: queue_length(os.environ["CELERY_BROKER_URL"], queue),
+        lambda queued: queued >= 6000,
+        timeout=60,
+        interval=0.1,
+        what=lambda: f"6000 messages queued: {system.job(backlog['id'])}",
+    )
 
     # A message lost in the middle of the backlog: taken from the broker, as a
     # worker dying with it in hand would leave it.
@@ -145,10 +149,13 @@ def test_scheduled_work_and_recovery_keep_their_cadence_behind_a_year_of_backlog
 
     # The lost slice is sent again once the workers have gone past its place,
     # while the backlog is still there (to its lane's end: it runs in turn).
-    deadline = time.monotonic() + 60
-    while _sent_at(lost_job, lost_hour) < lost_since:
-        assert time.monotonic() < deadline, worker.describe()
-        time.sleep(0.2)
+    until(
+        lambda: slice_row(lost_job, lost_hour, "enqueued_at").enqueued_at,
+        lambda sent_at: sent_at >= lost_since,
+        timeout=60,
+        what="the lost slice sent again",
+        procs=(worker,),
+    )
     resent_took = time.monotonic() - lost_at
     still_queued = queue_length(os.environ["CELERY_BROKER_URL"], queue)
     assert still_queued > 1000, "sent again only after the backlog drained"
@@ -172,32 +179,25 @@ def _db_now() -> datetime:
         return conn.scalar(text("SELECT timezone('utc', now())"))
 
 
-def _sent_at(job_id: int, hour: datetime) -> datetime:
-    with target_engine().connect() as conn:
-        return conn.scalar(
-            text("SELECT enqueued_at FROM etl_slice WHERE job_id = :j AND slice_start = :h"),
-            {"j": job_id, "h": hour},
-        )
-
-
 def _wait_for_jobs(system: System, origins: tuple[str, ...], *, timeout: float) -> list[dict]:
     """The newest job of each origin, once all of them have ended."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def newest() -> list[dict | None]:
         found = []
         for origin in origins:
             listed = httpx.get(
                 f"{system.api.url}/jobs", params={"origin": origin, "limit": 1}, timeout=30
             ).json()
             found.append(listed[0] if listed else None)
-        if all(j and j["status"] in ("succeeded", "failed") for j in found):
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"scheduled jobs not done in {timeout:g} s: {found}\n"
-                + "\n".join(p.describe() for p in system.procs)
-            )
-        time.sleep(0.2)
+        return found
+
+    return until(
+        newest,
+        lambda found: all(ended(j) for j in found),
+        timeout=timeout,
+        what=f"the newest {' and '.join(origins)} jobs to end",
+        procs=system.procs,
+    )
 
 
 def test_an_api_outage_longer_than_the_retries_ends_succeeded_without_a_repost(
@@ -220,11 +220,7 @@ def test_an_api_outage_longer_than_the_retries_ends_succeeded_without_a_repost(
     system.wait_progress(job["id"], 5)
 
     line.cut()  # the API is gone: connections refused
-    cut_at = time.monotonic()
-    during = []
-    while time.monotonic() - cut_at < 30:
-        during.append(system.job(job["id"]))
-        time.sleep(1)
+    during = sample(lambda: system.job(job["id"]), seconds=30)
     line.restore()
 
     # Nothing failed; slices waited, with their reason, and the job said so.
@@ -281,7 +277,7 @@ def test_an_older_read_never_overwrites_a_newer_one(system: System):
     # force: a job of its own, though the first one (still open) covers the day.
     second = system.post({"date": day.isoformat(), "force": True})
     time.sleep(3)  # the second copy of 10:00 waits for the first, which holds the hour
-    assert slice_rows(second["id"])[h10][0] in ("queued", "running")
+    assert slice_row(second["id"], h10).state in ("queued", "running")
     release.set()
     for job in (first, second):
         system.wait(job["id"], timeout=90)

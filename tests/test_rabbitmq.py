@@ -1,10 +1,10 @@
 """The system on RabbitMQ (``CELERY_BROKER_URL=amqp://...``), Celery's reference broker.
 
-Every test runs a private RabbitMQ node (``tests/rabbit.py``: its own node
+Every test runs a private RabbitMQ node (``tests/support/rabbit.py``: its own node
 name, ports, cookie and data directory, started in about 3 s), so it sees only
 what it made and can stop and restart the broker without touching the
 machine's own RabbitMQ. The API, the workers and beat are real processes
-(``tests/stack.py``'s :class:`System`) with ``CELERY_BROKER_URL`` pointing at
+(``tests/support/system.py``'s :class:`System`) with ``CELERY_BROKER_URL`` pointing at
 that node; each test ends with the job's report checked and the target equal
 to the SQL oracle, nothing missing and nothing twice.
 
@@ -27,18 +27,19 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
 import time
-from dataclasses import dataclass, field
 from datetime import date, datetime
 
 import pytest
 from celery import Celery
 
-from tests.procs import FaultyProxy, process_env, run_worker
-from tests.rabbit import PrivateRabbit, available
-from tests.stack import FAST, System, assert_succeeded_and_right, slice_rows
-from tests.tcpproxy import TcpProxy
+from tests.support.jobs import slice_rows
+from tests.support.procs import process_env, run_worker
+from tests.support.proxies import FaultyProxy, Hold
+from tests.support.rabbit import PrivateRabbit, available
+from tests.support.system import FAST, System, assert_succeeded_and_right
+from tests.support.tcpproxy import TcpProxy
+from tests.support.waiting import until
 from windfarm.config import Settings, get_settings
 
 pytestmark = [
@@ -70,14 +71,6 @@ def resent(*procs) -> list[int]:
     return [int(n) for proc in procs for n, _ in RESENT.findall(proc.log())]
 
 
-def wait_until(what: str, check, timeout: float = 30, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
-        time.sleep(every)
-    return value
-
-
 # --- A job from start to end ------------------------------------------------------------
 
 
@@ -102,30 +95,6 @@ def test_a_one_day_job_runs_through_rabbitmq_each_slice_once(system: System, rab
 # --- A worker dies ------------------------------------------------------------------------
 
 
-@dataclass
-class Hold:
-    """Holds the first request for the test's days after :meth:`arm` until released."""
-
-    armed: threading.Event = field(default_factory=threading.Event)
-    caught: threading.Event = field(default_factory=threading.Event)
-    release: threading.Event = field(default_factory=threading.Event)
-    path: str = ""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def rule(self, path: str, n: int):
-        with self.lock:
-            mine = self.armed.is_set() and not self.caught.is_set() and "start=2025-12-0" in path
-            if mine:
-                self.path = path
-                self.caught.set()
-        if mine:
-            self.release.wait(30)
-        return None  # then forward it: real data
-
-    def hour(self) -> datetime:
-        return datetime.fromisoformat(self.path.split("start=", 1)[1].split("&", 1)[0])
-
-
 def test_a_worker_sigkilled_mid_backfill_has_its_slice_redelivered_at_once(
     system: System, rabbit: PrivateRabbit
 ):
@@ -135,26 +104,26 @@ def test_a_worker_sigkilled_mid_backfill_has_its_slice_redelivered_at_once(
     proxy = FaultyProxy(api.url, hold.rule)
     system.cleanups.append(proxy.close)
     doomed = system.start_worker(proxy.url, name="doomed", concurrency=1, **env)
-    survivor = system.start_worker(api.url, name="survivor", **env)
     # No beat: nothing but the broker can bring the killed worker's slice back.
     first, last = date(2025, 12, 2), date(2025, 12, 4)
+    hold.armed.set()  # the doomed worker's first slice is held in its hands
     job = system.post({"start_date": first.isoformat(), "end_date": last.isoformat()})
-    system.wait_progress(job["id"], 3)
-    hold.armed.set()
     assert hold.caught.wait(30), doomed.describe()
     hour = hold.hour()
     assert slice_rows(job["id"])[hour] == ("running", 1)
+    # Only now the survivor: it cannot take every slice before the doomed one holds one.
+    survivor = system.start_worker(api.url, name="survivor", **env)
 
     # The whole worker dies at once, pool and all, with the slice in hand.
     os.killpg(doomed.pid, signal.SIGKILL)
     doomed.popen.wait(10)
     killed_at = time.monotonic()
     hold.release.set()
-    wait_until(
-        "the killed worker's slice runs again",
+    until(
         lambda: slice_rows(job["id"])[hour][1] == 2,
         timeout=30,
-        every=0.05,
+        interval=0.05,
+        what="the killed worker's slice runs again",
     )
     redelivered_after = time.monotonic() - killed_at
 
@@ -297,7 +266,11 @@ def test_queue_length_reads_rabbitmq_and_the_reconciler_resends_a_purged_slice(
     beat = system.start_beat(**env)
     day = date(2025, 12, 6)
     job = system.post({"date": day.isoformat()})
-    wait_until("24 messages in the bulk lane", lambda: rabbit.queues().get(bulk) == (24, 0))
+    until(
+        lambda: rabbit.queues().get(bulk) == (24, 0),
+        timeout=30,
+        what="24 messages in the bulk lane",
+    )
     sent_before = beat.log().count(RECONCILE_SENT)
     time.sleep(float(FAST["ETL_SLICE_TIMEOUT_S"]) + 3)
     # Passes ran meanwhile (beat sent them, the control worker took them, none
@@ -311,8 +284,8 @@ def test_queue_length_reads_rabbitmq_and_the_reconciler_resends_a_purged_slice(
     # ...until the messages are lost: the lane reads empty, and every slice
     # queued longer than ETL_SLICE_TIMEOUT_S is sent again, once.
     rabbit.purge(bulk)
-    wait_until("the purged slices sent again", lambda: resent(control) == [24], timeout=30)
-    assert wait_until("24 messages again", lambda: rabbit.queues().get(bulk) == (24, 0))
+    until(lambda: resent(control) == [24], timeout=30, what="the purged slices sent again")
+    assert until(lambda: rabbit.queues().get(bulk) == (24, 0), timeout=30, what="24 messages again")
     time.sleep(2)  # two more passes: the lane is full again, nothing more is sent
     assert resent(control) == [24]
 

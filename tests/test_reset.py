@@ -9,8 +9,8 @@ import uuid
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from tests.conftest import PG_URL
-from tests.procs import REPO, process_env
+from tests.support.databases import PG_URL
+from tests.support.procs import REPO, process_env
 from windfarm.db import ensure_database
 
 

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import hmac
 import inspect
-import time
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from api import deps
-from api.main import create_app
-from tests.conftest import Databases
-from tests.procs import free_port, process_env, run_worker, start
-from tests.stack import PrivateRedis
+from tests.support.databases import Databases, in_process_client
+from tests.support.jobs import post_job, slice_rows
+from tests.support.procs import answered, free_port, listen_args, process_env, run_worker, serve
+from tests.support.system import PrivateRedis
+from tests.support.waiting import wait_for_job
 from windfarm.db import target_engine
 from windfarm.queue import app as celery_app
 from workers.tasks import process_slice
@@ -56,31 +55,14 @@ def assert_clean(where: str, text_: str, *, sql_too: bool = True) -> None:
 
 def start_api_even_if_unhealthy(env: dict[str, str]):
     """A real API server, once it answers /health at all (200 or 503)."""
-    port = free_port()
-    proc = start(
+    return serve(
         "api",
-        ["-m", "api.serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"],
+        ["-m", "api.serve"],
         env,
+        listen=lambda port: listen_args(port, log_level="info"),
+        ready=answered,
+        probe_timeout=10,
     )
-    proc.url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.alive():
-        try:
-            httpx.get(f"{proc.url}/health", timeout=10)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.stop()
-    raise RuntimeError(f"the API did not answer\n{proc.describe()}")
-
-
-@pytest.fixture
-def procs():
-    started = []
-    yield started.append
-    for proc in reversed(started):
-        proc.stop()
-        print(proc.describe())
 
 
 # --- The token ---------------------------------------------------------------------
@@ -117,14 +99,14 @@ def test_an_unexpected_error_is_a_generic_500(fresh_dbs: Databases, monkeypatch)
         raise RuntimeError(f"SELECT secret FROM etl_job -- {TARGET_PW}")
 
     monkeypatch.setattr(jobs, "list_jobs", broken)
-    with TestClient(create_app(), raise_server_exceptions=False) as client:
+    with in_process_client(raise_server_exceptions=False) as client:
         response = client.get("/jobs")
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error"}
 
 
 def test_a_database_error_is_a_generic_500_without_sql(fresh_dbs: Databases):
-    with TestClient(create_app(), raise_server_exceptions=False) as client:
+    with in_process_client(raise_server_exceptions=False) as client:
         with target_engine().begin() as conn:
             conn.execute(text("DROP TABLE etl_slice"))  # every job query now fails in SQL
         response = client.get("/jobs")
@@ -137,8 +119,7 @@ def test_databases_down_give_generic_503s_and_no_password_anywhere(fresh_dbs: Da
         SOURCE_DATABASE_URL=with_password(fresh_dbs.source_url, SOURCE_PW, port=free_port()),
         TARGET_DATABASE_URL=with_password(fresh_dbs.target_url, TARGET_PW, port=free_port()),
     )
-    api = start_api_even_if_unhealthy(env)
-    procs(api)
+    api = procs.add(start_api_even_if_unhealthy(env))
     requests = [
         ("GET", "/health", None),
         ("GET", "/data?start=2025-12-05T00:00:00", None),
@@ -169,26 +150,32 @@ def test_databases_down_give_generic_503s_and_no_password_anywhere(fresh_dbs: Da
 def test_slice_errors_record_no_password_or_sql(fresh_dbs: Databases, procs, worker_factory):
     """The API's source is down: every slice waits after its retries, and the reasons
     that GET /jobs/{id} shows, and both logs, name the cause without any secret."""
-    api = start_api_even_if_unhealthy(
-        process_env(
-            SOURCE_DATABASE_URL=with_password(fresh_dbs.source_url, SOURCE_PW, port=free_port()),
-            TARGET_DATABASE_URL=with_password(fresh_dbs.target_url, TARGET_PW),
+    api = procs.add(
+        start_api_even_if_unhealthy(
+            process_env(
+                SOURCE_DATABASE_URL=with_password(
+                    fresh_dbs.source_url, SOURCE_PW, port=free_port()
+                ),
+                TARGET_DATABASE_URL=with_password(fresh_dbs.target_url, TARGET_PW),
+            )
         )
     )
-    procs(api)
     worker = worker_factory(
         api.url.replace("http://", f"http://etl:{API_PW}@"),
         TARGET_DATABASE_URL=with_password(fresh_dbs.target_url, TARGET_PW),
         ETL_MAX_RETRIES="1",
         ETL_RETRY_BACKOFF_MAX_S="1",
     )
-    posted = httpx.post(f"{api.url}/jobs", json={"date": "2025-12-04"}, timeout=30)
-    assert posted.status_code == 202, posted.text
-    job_url = f"{api.url}/jobs/{posted.json()['id']}"
-    deadline = time.monotonic() + 60
-    while (job := httpx.get(job_url, timeout=10).json())["slices_waiting"] < 24:
-        assert time.monotonic() < deadline, (job, worker.describe())
-        time.sleep(0.3)
+    job_id = post_job(api.url, {"date": "2025-12-04"})["id"]
+    job_url = f"{api.url}/jobs/{job_id}"
+    job = wait_for_job(
+        job_id,
+        api=api.url,
+        done=lambda job: job["slices_waiting"] >= 24,
+        interval=0.3,
+        what=f"every slice of job {job_id} waiting",
+        procs=(worker,),
+    )
     assert (job["status"], job["slices_failed"]) == ("running", 0)
     for waiting in job["waiting"]:
         assert waiting["message"].startswith("GET http://127.0.0.1:")
@@ -198,8 +185,7 @@ def test_slice_errors_record_no_password_or_sql(fresh_dbs: Databases, procs, wor
         assert waiting["message"].endswith("(after 2 attempts)")
         assert_clean("a slice's reason", waiting["message"])
     assert_clean("GET /jobs/{id}", httpx.get(job_url, timeout=10).text)
-    with target_engine().connect() as conn:
-        stored = conn.scalars(text("SELECT error FROM etl_slice")).all()
+    stored = [row.error for row in slice_rows(job_id, "error").values()]
     assert len(stored) == 24 and all(stored)
     assert_clean("etl_slice.error", "\n".join(stored))
     worker.stop()
@@ -220,8 +206,7 @@ def test_a_worker_whose_target_and_broker_need_passwords_logs_none(fresh_dbs: Da
             ETL_MAX_RETRIES="1",
             ETL_RETRY_BACKOFF_MAX_S="1",
         )
-        worker = run_worker(env, concurrency=1)
-        procs(worker)
+        worker = procs.add(run_worker(env, concurrency=1))
         with celery_app.connection_for_write(broker.url) as conn:
             process_slice.apply_async((1, "2025-12-05T03:00:00"), connection=conn)
         # Two attempts fail on the target; the slice is left to the reconciler.

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from api.seed_source import seed
-from tests.conftest import PG_URL, RUN_ID, Databases
+from tests.support.databases import PG_URL, RUN_ID, Databases
 from windfarm.db import drop_database
 
 

@@ -1,7 +1,7 @@
 """``GET /signals`` and ``GET /series`` over HTTP, in process, with the real target.
 
 Target rows are written directly: the oracle's statistics of the seeded source
-(``tests/oracle.py``), or hand-picked values where a test needs exact ones.
+(``tests/support/oracle.py``), or hand-picked values where a test needs exact ones.
 """
 
 from __future__ import annotations
@@ -12,21 +12,25 @@ from datetime import datetime
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import Databases, in_process_client, module_databases
-from tests.oracle import expected_rows
+from tests.support.databases import Databases, in_process_client, module_databases
+from tests.support.oracle import expected_rows
 from windfarm.db import target_engine
 
 
 @pytest.fixture(scope="module")
 def module_dbs() -> Iterator[Databases]:
     """Databases of this module's own: its tests write to the target."""
-    yield from module_databases("series")
+    with module_databases("series") as dbs:
+        yield dbs
 
 
 @pytest.fixture
 def api(module_dbs: Databases):
     """An in-process client on an empty target."""
-    yield from in_process_client(module_dbs, "TRUNCATE data, signal RESTART IDENTITY CASCADE")
+    with in_process_client(
+        module_dbs, reset_sql="TRUNCATE data, signal RESTART IDENTITY CASCADE"
+    ) as client:
+        yield client
 
 
 def write(rows: dict[tuple[datetime, str], float]) -> None:

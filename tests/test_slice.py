@@ -1,5 +1,5 @@
 """One slice end to end: run_slice against the API and the real target database,
-checked against the PostgreSQL oracle (tests/oracle.py).
+checked against the PostgreSQL oracle (tests/support/oracle.py).
 
 Tests that change the source use ``fresh_dbs``; most talk to the app in process
 (``TestClient`` is an httpx client), and the whole-day tests to a real server.
@@ -17,8 +17,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from tests.conftest import Databases
-from tests.oracle import actual_rows, assert_target_matches_oracle
+from tests.support.databases import Databases
+from tests.support.jobs import slice_row
+from tests.support.oracle import actual_rows, assert_target_matches_oracle
 from windfarm import jobs
 from windfarm.config import get_settings
 from windfarm.db import dispose_engines, target_engine
@@ -33,6 +34,7 @@ from workers.tasks import retry_cap_s
 
 DAY = date(2025, 12, 5)
 H10 = datetime(2025, 12, 5, 10)
+COLUMNS = ("state", "attempts", "rows_written", "error")  # of a slice's row
 
 
 # --- helpers -------------------------------------------------------------------
@@ -79,17 +81,6 @@ def day_range(day: date = DAY) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
-def slice_row(job_id: int, hour: datetime):
-    with target_engine().connect() as conn:
-        return conn.execute(
-            text(
-                "SELECT state, attempts, rows_written, error FROM etl_slice "
-                "WHERE job_id = :j AND slice_start = :h"
-            ),
-            {"j": job_id, "h": hour},
-        ).one()
-
-
 def source_exec(dbs: Databases, sql: str, **params) -> None:
     engine = create_engine(dbs.source_url, poolclass=NullPool)
     try:
@@ -116,23 +107,11 @@ def target_snapshot(dbs: Databases, start: datetime, end: datetime) -> dict:
     return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 
 
-@pytest.fixture
-def inproc(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
-    """The API app in this process, on this test's databases, as an httpx client."""
-    from fastapi.testclient import TestClient
-
-    from api.main import create_app
-
-    request.getfixturevalue("fresh_dbs" if "fresh_dbs" in request.fixturenames else "dbs")
-    with TestClient(create_app()) as client:
-        yield client
-
-
 def failing_api(
-    inproc: httpx.Client, fail: Callable[[httpx.Request, int], httpx.Response | None]
+    upstream: httpx.Client, fail: Callable[[httpx.Request, int], httpx.Response | None]
 ) -> tuple[httpx.Client, list[httpx.Request]]:
     """A client whose transport asks ``fail(request, n)`` first (n counts requests
-    from 0) and forwards to the in-process app when it answers None."""
+    from 0) and forwards to ``upstream`` (the in-process ``client``) when it answers None."""
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -140,7 +119,7 @@ def failing_api(
         answer = fail(request, len(seen) - 1)
         if answer is not None:
             return answer
-        forwarded = inproc.get(request.url.path, params=request.url.params)
+        forwarded = upstream.get(request.url.path, params=request.url.params)
         return httpx.Response(
             forwarded.status_code,
             content=forwarded.content,
@@ -181,22 +160,22 @@ def test_a_rerun_leaves_the_target_exactly_as_it_was(dbs, api_server, settings_e
 # --- source changes (fresh databases, app in process) ----------------------------
 
 
-def test_a_corrected_source_value_updates_the_target(fresh_dbs, inproc):
-    run_day(client=inproc)
+def test_a_corrected_source_value_updates_the_target(fresh_dbs, client):
+    run_day(client=client)
     source_exec(
         fresh_dbs,
         "UPDATE data SET wind_speed = 99.5, power = -1 WHERE \"timestamp\" = '2025-12-05 10:03'",
     )
     job_id = new_job()
-    assert run_slice(job_id, H10, client=inproc).state == "succeeded"
+    assert run_slice(job_id, H10, client=client).state == "succeeded"
     rows = actual_rows(fresh_dbs.target_url, H10, H10 + HOUR)
     assert rows[(H10, "wind_speed_max_10m")] == 99.5
     assert rows[(H10, "power_min_10m")] == -1
     assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, *day_range())
 
 
-def test_windows_that_lost_their_data_lose_their_rows(fresh_dbs, inproc):
-    run_day(client=inproc)
+def test_windows_that_lost_their_data_lose_their_rows(fresh_dbs, client):
+    run_day(client=client)
     w10, w20 = H10 + timedelta(minutes=10), H10 + timedelta(minutes=20)
     source_exec(
         fresh_dbs,
@@ -210,7 +189,7 @@ def test_windows_that_lost_their_data_lose_their_rows(fresh_dbs, inproc):
         s=w20,
         e=w20 + timedelta(minutes=10),
     )
-    assert run_slice(new_job(), H10, client=inproc).state == "succeeded"
+    assert run_slice(new_job(), H10, client=client).state == "succeeded"
     rows = actual_rows(fresh_dbs.target_url, H10, H10 + HOUR)
     assert not [k for k in rows if k[0] == w10 and k[1].startswith("power_")]
     assert (w10, "wind_speed_mean_10m") in rows
@@ -218,7 +197,7 @@ def test_windows_that_lost_their_data_lose_their_rows(fresh_dbs, inproc):
     assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, *day_range())
 
 
-def test_null_gaps_and_missing_minutes(fresh_dbs, inproc):
+def test_null_gaps_and_missing_minutes(fresh_dbs, client):
     # NULLs and holes scattered over the day, some windows losing one variable.
     source_exec(
         fresh_dbs,
@@ -235,20 +214,20 @@ def test_null_gaps_and_missing_minutes(fresh_dbs, inproc):
         "DELETE FROM data WHERE date_part('minute', \"timestamp\")::int % 11 "
         "= 5 AND \"timestamp\"::date = '2025-12-05'",
     )
-    _, outcomes = run_day(client=inproc)
+    _, outcomes = run_day(client=client)
     assert all(o.state == "succeeded" for o in outcomes)
     assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, *day_range())
     rows = actual_rows(fresh_dbs.target_url, *day_range())
     assert not [k for k in rows if k[1].startswith("power_") and 4 <= k[0].hour < 6]
 
 
-def test_a_one_value_window_has_no_std(fresh_dbs, inproc):
+def test_a_one_value_window_has_no_std(fresh_dbs, client):
     source_exec(
         fresh_dbs,
         "DELETE FROM data WHERE \"timestamp\" > '2025-12-05 10:00' "
         "AND \"timestamp\" < '2025-12-05 10:10'",
     )
-    assert run_slice(new_job(), H10, client=inproc).state == "succeeded"
+    assert run_slice(new_job(), H10, client=client).state == "succeeded"
     rows = actual_rows(fresh_dbs.target_url, H10, H10 + timedelta(minutes=10))
     assert sorted(name for _, name in rows) == sorted(
         f"{v}_{s}_10m" for v in ("wind_speed", "power") for s in ("mean", "min", "max")
@@ -256,11 +235,11 @@ def test_a_one_value_window_has_no_std(fresh_dbs, inproc):
     assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, H10, H10 + HOUR)
 
 
-def test_an_hour_the_source_lost_entirely_is_not_erased_unless_asked(fresh_dbs, inproc):
-    run_day(client=inproc)
+def test_an_hour_the_source_lost_entirely_is_not_erased_unless_asked(fresh_dbs, client):
+    run_day(client=client)
     kept = actual_rows(fresh_dbs.target_url, *day_range())
     source_exec(fresh_dbs, "DELETE FROM data WHERE \"timestamp\"::date = '2025-12-05'")
-    job_id, outcomes = run_day(client=inproc)
+    job_id, outcomes = run_day(client=client)
     # No rows at all for hours that hold statistics: a misconfigured or emptied
     # source, not a correction. Nothing is erased, and the job says why.
     assert {o.state for o in outcomes} == {"failed"}
@@ -270,16 +249,16 @@ def test_an_hour_the_source_lost_entirely_is_not_erased_unless_asked(fresh_dbs, 
     with target_engine().connect() as conn:
         assert jobs.get_job(conn, job_id).status == "failed"
     # A job that allows it erases them; neighbouring days are untouched.
-    _, outcomes = run_day(client=inproc, allow_empty=True)
+    _, outcomes = run_day(client=client, allow_empty=True)
     assert [(o.state, o.rows_written) for o in outcomes] == [("succeeded", 0)] * 24
     assert actual_rows(fresh_dbs.target_url, *day_range()) == {}
     assert actual_rows(fresh_dbs.target_url, *day_range(date(2025, 12, 4))) == {}
     # An hour with neither source rows nor statistics has nothing to lose.
-    _, outside = run_day(date(2026, 1, 1), client=inproc)  # never seeded
+    _, outside = run_day(date(2026, 1, 1), client=client)  # never seeded
     assert all(o.state == "succeeded" and o.rows_written == 0 for o in outside)
 
 
-def test_non_finite_source_values_are_ignored_and_counted(fresh_dbs, inproc):
+def test_non_finite_source_values_are_ignored_and_counted(fresh_dbs, client):
     source_exec(
         fresh_dbs,
         "UPDATE data SET wind_speed = 'NaN' WHERE \"timestamp\" IN "
@@ -294,23 +273,23 @@ def test_non_finite_source_values_are_ignored_and_counted(fresh_dbs, inproc):
         "WHERE \"timestamp\" = '2025-12-05 10:44'",
     )
     job_id = new_job()
-    outcome = run_slice(job_id, H10, client=inproc)
+    outcome = run_slice(job_id, H10, client=client)
     assert (outcome.state, outcome.values_ignored) == ("succeeded", 4)  # NULL is not counted
     rows = actual_rows(fresh_dbs.target_url, H10, H10 + HOUR)
     assert all(abs(v) < 1e6 for v in rows.values())
     assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, H10, H10 + HOUR)
-    assert slice_row(job_id, H10).state == "succeeded"
+    assert slice_row(job_id, H10, *COLUMNS).state == "succeeded"
     with target_engine().connect() as conn:
         assert jobs.get_job(conn, job_id).values_ignored == 4
 
 
-def test_a_timestamp_off_the_minute_counts_in_its_window(fresh_dbs, inproc):
+def test_a_timestamp_off_the_minute_counts_in_its_window(fresh_dbs, client):
     source_exec(
         fresh_dbs,
         "INSERT INTO data VALUES ('2025-12-05 10:00:30', 1000.0, 0.0, 1.0), "
         "('2025-12-05 10:09:59.999', 1.0, 5000.0, 1.0)",
     )
-    assert run_slice(new_job(), H10, client=inproc).state == "succeeded"
+    assert run_slice(new_job(), H10, client=client).state == "succeeded"
     rows = actual_rows(fresh_dbs.target_url, H10, H10 + HOUR)
     assert rows[(H10, "wind_speed_max_10m")] == 1000.0
     assert rows[(H10, "power_max_10m")] == 5000.0
@@ -320,16 +299,16 @@ def test_a_timestamp_off_the_minute_counts_in_its_window(fresh_dbs, inproc):
 # --- repeats and concurrency ------------------------------------------------------
 
 
-def test_a_duplicate_message_for_an_ended_slice_does_nothing(dbs, inproc):
+def test_a_duplicate_message_for_an_ended_slice_does_nothing(dbs, client):
     job_id = new_job()
-    assert run_slice(job_id, "2025-12-05T11:00:00", client=inproc).state == "succeeded"
-    again = run_slice(job_id, "2025-12-05T11:00:00", client=inproc)
+    assert run_slice(job_id, "2025-12-05T11:00:00", client=client).state == "succeeded"
+    again = run_slice(job_id, "2025-12-05T11:00:00", client=client)
     assert again.state == "skipped"
-    assert slice_row(job_id, H10 + HOUR).attempts == 1
+    assert slice_row(job_id, H10 + HOUR, *COLUMNS).attempts == 1
 
 
-def test_concurrent_runs_of_one_slice_neither_deadlock_nor_mix(fresh_dbs, inproc):
-    run_day(client=inproc)
+def test_concurrent_runs_of_one_slice_neither_deadlock_nor_mix(fresh_dbs, client):
+    run_day(client=client)
     # Change the source, then let eight runs (three of them on one job's slice)
     # write the hour at once.
     source_exec(
@@ -347,7 +326,7 @@ def test_concurrent_runs_of_one_slice_neither_deadlock_nor_mix(fresh_dbs, inproc
     def run(job_id: int) -> None:
         try:
             barrier.wait(10)
-            results.append(run_slice(job_id, H10, client=inproc))
+            results.append(run_slice(job_id, H10, client=client))
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -363,7 +342,7 @@ def test_concurrent_runs_of_one_slice_neither_deadlock_nor_mix(fresh_dbs, inproc
     assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, *day_range())
 
 
-def test_writers_of_one_hour_take_turns_on_its_advisory_lock(dbs, inproc):
+def test_writers_of_one_hour_take_turns_on_its_advisory_lock(dbs, client):
     job_id = new_job()
     finished = threading.Event()
     holder = create_engine(dbs.target_url, poolclass=NullPool)
@@ -374,19 +353,19 @@ def test_writers_of_one_hour_take_turns_on_its_advisory_lock(dbs, inproc):
                 {"a": SLICE_LOCK_SPACE, "b": slice_lock_key(H10)},
             )
             thread = threading.Thread(
-                target=lambda: (run_slice(job_id, H10, client=inproc), finished.set())
+                target=lambda: (run_slice(job_id, H10, client=client), finished.set())
             )
             thread.start()
             assert not finished.wait(1.5), "the run did not wait for the hour's lock"
-            assert slice_row(job_id, H10).state == "queued"  # not even claimed yet
+            assert slice_row(job_id, H10, *COLUMNS).state == "queued"  # not even claimed yet
         thread.join(30)
     finally:
         holder.dispose()
     assert finished.is_set()
-    assert slice_row(job_id, H10).state == "succeeded"
+    assert slice_row(job_id, H10, *COLUMNS).state == "succeeded"
 
 
-def test_the_newest_read_of_the_source_wins(fresh_dbs, inproc):
+def test_the_newest_read_of_the_source_wins(fresh_dbs, client):
     """A slow copy read the source before a correction; a second copy of the hour
     starts after it. The second must not read before the first has written, or
     the first's older statistics would land last."""
@@ -395,14 +374,14 @@ def test_the_newest_read_of_the_source_wins(fresh_dbs, inproc):
     def hold_first_answer(request: httpx.Request, n: int) -> httpx.Response | None:
         if n > 0:
             return None
-        forwarded = inproc.get(request.url.path, params=request.url.params)
+        forwarded = client.get(request.url.path, params=request.url.params)
         answered.set()  # produced from the uncorrected source, not delivered yet
         release.wait(30)
         return httpx.Response(
             200, content=forwarded.content, headers={"content-type": "application/json"}
         )
 
-    slow, _ = failing_api(inproc, hold_first_answer)
+    slow, _ = failing_api(client, hold_first_answer)
     first = threading.Thread(target=run_slice, args=(new_job(), H10), kwargs={"client": slow})
     first.start()
     assert answered.wait(30)
@@ -413,7 +392,7 @@ def test_the_newest_read_of_the_source_wins(fresh_dbs, inproc):
         e=H10 + HOUR,
     )
     done: list = []
-    second = threading.Thread(target=lambda: done.append(run_slice(new_job(), H10, client=inproc)))
+    second = threading.Thread(target=lambda: done.append(run_slice(new_job(), H10, client=client)))
     second.start()
     second.join(1.5)
     assert not done, "the second copy read the source while the first held the hour"
@@ -439,8 +418,8 @@ def test_an_ended_slice_never_changes_state(dbs):
             assert not jobs.requeue_slice(conn, job_id, hour, "retry")
             assert not jobs.wait_slice(conn, job_id, hour, "API down", first_s=1, max_s=2)
             assert jobs.mark_sent(conn, job_id, [hour]) == 0
-    assert tuple(slice_row(job_id, H10)) == ("succeeded", 1, 48, None)
-    assert tuple(slice_row(job_id, h11)) == ("failed", 1, 0, "HTTP 404")
+    assert tuple(slice_row(job_id, H10, *COLUMNS)) == ("succeeded", 1, 48, None)
+    assert tuple(slice_row(job_id, h11, *COLUMNS)) == ("failed", 1, 0, "HTTP 404")
 
 
 # --- failures --------------------------------------------------------------------
@@ -457,28 +436,28 @@ def test_an_ended_slice_never_changes_state(dbs):
     ],
     ids=["503", "500", "429", "timeout", "connect-error"],
 )
-def test_transient_api_failures_raise_and_leave_the_slice_open(dbs, inproc, answer):
-    client, _ = failing_api(inproc, lambda r, n: answer(r))
+def test_transient_api_failures_raise_and_leave_the_slice_open(dbs, client, answer):
+    failing, _ = failing_api(client, lambda r, n: answer(r))
     job_id = new_job()
     before = actual_rows(dbs.target_url, H10, H10 + HOUR)
     with pytest.raises(SourceUnavailable) as raised:
-        run_slice(job_id, H10, client=client)
+        run_slice(job_id, H10, client=failing)
     assert isinstance(raised.value, TransientError)
-    state = slice_row(job_id, H10)
+    state = slice_row(job_id, H10, *COLUMNS)
     assert (state.state, state.attempts, state.error) == ("running", 1, None)
     assert actual_rows(dbs.target_url, H10, H10 + HOUR) == before
 
 
-def test_transient_failures_are_retried_until_the_api_answers(fresh_dbs, inproc):
-    client, seen = failing_api(
-        inproc, lambda r, n: httpx.Response(503, text="busy") if n < 2 else None
+def test_transient_failures_are_retried_until_the_api_answers(fresh_dbs, client):
+    failing, seen = failing_api(
+        client, lambda r, n: httpx.Response(503, text="busy") if n < 2 else None
     )
     job_id = new_job()
     pauses: list[float] = []
-    outcome = run_with_retries(job_id, H10, sleep=pauses.append, client=client)
+    outcome = run_with_retries(job_id, H10, sleep=pauses.append, client=failing)
     assert outcome.state == "succeeded"
     assert (len(seen), len(pauses)) == (3, 2)
-    assert slice_row(job_id, H10).attempts == 3
+    assert slice_row(job_id, H10, *COLUMNS).attempts == 3
     assert_target_matches_oracle(fresh_dbs.source_url, fresh_dbs.target_url, H10, H10 + HOUR)
 
 
@@ -502,12 +481,12 @@ def test_transient_failures_are_retried_until_the_api_answers(fresh_dbs, inproc)
     ],
     ids=["422", "404", "401", "not-json", "missing-column", "outside-the-hour"],
 )
-def test_permanent_failures_fail_the_slice_at_once(dbs, inproc, answer, message):
-    client, seen = failing_api(inproc, lambda r, n: answer)
+def test_permanent_failures_fail_the_slice_at_once(dbs, client, answer, message):
+    failing, seen = failing_api(client, lambda r, n: answer)
     job_id = new_job()
-    outcome = run_slice(job_id, H10, client=client)
+    outcome = run_slice(job_id, H10, client=failing)
     assert outcome.state == "failed" and message in outcome.error
-    state = slice_row(job_id, H10)
+    state = slice_row(job_id, H10, *COLUMNS)
     assert (state.state, state.attempts, len(seen)) == ("failed", 1, 1)
     assert message in state.error
     with target_engine().connect() as conn:
@@ -515,24 +494,24 @@ def test_permanent_failures_fail_the_slice_at_once(dbs, inproc, answer, message)
     assert [(e.slice_start, e.message) for e in view.errors] == [(H10, state.error)]
 
 
-def test_a_slice_that_keeps_dying_is_abandoned(dbs, inproc):
+def test_a_slice_that_keeps_dying_is_abandoned(dbs, client):
     job_id = new_job()
     with target_engine().begin() as conn:
         for _ in range(MAX_UNFINISHED):  # claims that never finished (a worker killed each)
             jobs.claim_slice(conn, job_id, H10)
-    outcome = run_slice(job_id, H10, client=inproc)
+    outcome = run_slice(job_id, H10, client=client)
     assert outcome.state == "failed" and "abandoned" in outcome.error
-    assert slice_row(job_id, H10).state == "failed"
+    assert slice_row(job_id, H10, *COLUMNS).state == "failed"
 
 
-def test_an_unreachable_target_is_transient(dbs, inproc, settings_env):
-    from tests.procs import free_port
+def test_an_unreachable_target_is_transient(dbs, client, settings_env):
+    from tests.support.procs import free_port
 
     settings_env(TARGET_DATABASE_URL=f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/x")
     dispose_engines()
     try:
         with pytest.raises(TargetUnavailable, match="target database unavailable"):
-            run_slice(1, H10, client=inproc)
+            run_slice(1, H10, client=client)
     finally:
         dispose_engines()
 

@@ -15,49 +15,15 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import Databases
-from tests.oracle import assert_target_matches_oracle
-from tests.procs import process_env, purge_queue, run_api, run_worker, wait_for_job
-from tests.stack import FAST, PrivateRedis, run_beat, run_flower
+from tests.support.databases import Databases
+from tests.support.jobs import get_job, post_job
+from tests.support.oracle import assert_target_matches_oracle
+from tests.support.procs import process_env, run_api, run_worker
+from tests.support.system import FAST, PrivateRedis, System, run_beat, run_flower
+from tests.support.waiting import poll, wait_for_job
 from windfarm.db import target_engine
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def stack(fresh_dbs: Databases):
-    """Start processes on this test's databases; all stopped (logs printed) at teardown."""
-    started = []
-
-    def track(proc):
-        started.append(proc)
-        return proc
-
-    yield track
-    for proc in reversed(started):
-        proc.stop()
-        print(proc.describe())
-    purge_queue(os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"])
-
-
-def _post(api_url: str, body: dict, **headers: str) -> dict:
-    response = httpx.post(f"{api_url}/jobs", json=body, headers=headers, timeout=30)
-    assert response.status_code == 202, response.text
-    return response.json()
-
-
-def _job(api_url: str, job_id: int) -> dict:
-    return httpx.get(f"{api_url}/jobs/{job_id}", timeout=10).json()
-
-
-def _wait_progress(api_url: str, job_id: int, succeeded: int, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = _job(api_url, job_id)
-        if job["slices_succeeded"] >= succeeded:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {succeeded} slices: {job}")
 
 
 def _duplicates(target_url: str) -> int:
@@ -67,12 +33,12 @@ def _duplicates(target_url: str) -> int:
         )
 
 
-def test_one_day_job_over_http(fresh_dbs: Databases, stack):
-    api = stack(run_api(process_env()))
-    worker = stack(run_worker(process_env(API_BASE_URL=api.url)))
-    job = _post(api.url, {"date": "2025-12-05"})
+def test_one_day_job_over_http(fresh_dbs: Databases, system: System):
+    api = system.add(run_api(process_env()))
+    worker = system.add(run_worker(process_env(API_BASE_URL=api.url)))
+    job = post_job(api.url, {"date": "2025-12-05"})
     view = wait_for_job(job["id"], timeout=60, procs=(api, worker))
-    shown = _job(api.url, job["id"])
+    shown = get_job(api.url, job["id"])
     assert shown["status"] == "succeeded" == view.status
     counts = (shown["slices_succeeded"], shown["slices_failed"], shown["slices_pending"])
     assert counts == (24, 0, 0)
@@ -83,10 +49,10 @@ def test_one_day_job_over_http(fresh_dbs: Databases, stack):
     assert shown["rows_written"] == rows
 
 
-def test_ten_day_job_is_240_slices_equal_to_the_oracle(fresh_dbs: Databases, stack):
-    api = stack(run_api(process_env()))
-    worker = stack(run_worker(process_env(API_BASE_URL=api.url)))
-    job = _post(api.url, {"start_date": "2025-12-01", "end_date": "2025-12-10"})
+def test_ten_day_job_is_240_slices_equal_to_the_oracle(fresh_dbs: Databases, system: System):
+    api = system.add(run_api(process_env()))
+    worker = system.add(run_worker(process_env(API_BASE_URL=api.url)))
+    job = post_job(api.url, {"start_date": "2025-12-01", "end_date": "2025-12-10"})
     assert job["slices_total"] == 240
     view = wait_for_job(job["id"], timeout=180, procs=(api, worker))
     assert (view.status, view.slices_succeeded) == ("succeeded", 240)
@@ -96,19 +62,27 @@ def test_ten_day_job_is_240_slices_equal_to_the_oracle(fresh_dbs: Databases, sta
     assert view.rows_written == rows
 
 
-def test_a_worker_killed_mid_backfill_loses_and_duplicates_nothing(fresh_dbs: Databases, stack):
-    api = stack(run_api(process_env()))
+def test_a_worker_killed_mid_backfill_loses_and_duplicates_nothing(
+    fresh_dbs: Databases, system: System
+):
+    api = system.add(run_api(process_env()))
     env = process_env(API_BASE_URL=api.url, **FAST)
-    doomed = stack(run_worker(env, name="doomed"))
-    job = _post(api.url, {"start_date": "2025-12-01", "end_date": "2025-12-10"})
-    _wait_progress(api.url, job["id"], succeeded=30)
+    doomed = system.add(run_worker(env, name="doomed"))
+    job = post_job(api.url, {"start_date": "2025-12-01", "end_date": "2025-12-10"})
+    wait_for_job(
+        job["id"],
+        api=api.url,
+        done=lambda shown: shown["slices_succeeded"] >= 30,
+        interval=0.05,
+        what=f"job {job['id']} to reach 30 slices succeeded",
+    )
     # The whole worker dies at once, pool children and all, with slices in hand.
     os.killpg(doomed.pid, signal.SIGKILL)
     doomed.popen.wait(10)
-    in_hand = _job(api.url, job["id"])
+    in_hand = get_job(api.url, job["id"])
     assert in_hand["slices_pending"] > 0
-    stack(run_beat(env))
-    survivor = stack(run_worker(env, name="survivor"))
+    system.add(run_beat(env))
+    survivor = system.add(run_worker(env, name="survivor"))
     view = wait_for_job(job["id"], timeout=180, procs=(api, survivor))
     assert (view.status, view.slices_succeeded, view.slices_failed) == ("succeeded", 240, 0)
     rows = assert_target_matches_oracle(
@@ -119,22 +93,22 @@ def test_a_worker_killed_mid_backfill_loses_and_duplicates_nothing(fresh_dbs: Da
 
 
 def test_a_job_posted_while_the_broker_is_down_completes_after_it_returns(
-    fresh_dbs: Databases, stack
+    fresh_dbs: Databases, system: System
 ):
     broker = PrivateRedis()
     broker.start()
     try:
         env_broker = {"CELERY_BROKER_URL": broker.url, **FAST}
-        api = stack(run_api(process_env(**env_broker)))
+        api = system.add(run_api(process_env(**env_broker)))
         env = process_env(API_BASE_URL=api.url, **env_broker)
-        worker = stack(run_worker(env))
-        stack(run_beat(env))
+        worker = system.add(run_worker(env))
+        system.add(run_beat(env))
         broker.stop()
         began = time.monotonic()
-        job = _post(api.url, {"date": "2025-12-07"})
+        job = post_job(api.url, {"date": "2025-12-07"})
         assert time.monotonic() - began < 15  # accepted promptly, not after endless retries
         time.sleep(2)
-        assert _job(api.url, job["id"])["status"] == "queued"
+        assert get_job(api.url, job["id"])["status"] == "queued"
         broker.start()  # same port, empty: nothing of the job was ever sent
         view = wait_for_job(job["id"], timeout=90, procs=(api, worker))
         assert (view.status, view.slices_succeeded) == ("succeeded", 24)
@@ -145,8 +119,8 @@ def test_a_job_posted_while_the_broker_is_down_completes_after_it_returns(
         broker.stop()
 
 
-def test_the_token_guards_posting_on_the_real_server(fresh_dbs: Databases, stack):
-    api = stack(run_api(process_env(API_TOKEN="t0ken-for-tests")))
+def test_the_token_guards_posting_on_the_real_server(fresh_dbs: Databases, system: System):
+    api = system.add(run_api(process_env(API_TOKEN="t0ken-for-tests")))
     denied = httpx.post(f"{api.url}/jobs", json={"date": "2025-12-05"})
     assert denied.status_code == 401
     assert (
@@ -155,11 +129,13 @@ def test_the_token_guards_posting_on_the_real_server(fresh_dbs: Databases, stack
         ).status_code
         == 401
     )
-    _post(api.url, {"date": "2025-12-05"}, Authorization="Bearer t0ken-for-tests")
+    post_job(api.url, {"date": "2025-12-05"}, Authorization="Bearer t0ken-for-tests")
 
 
-def test_two_beats_create_each_scheduled_job_and_the_catch_up_once(fresh_dbs: Databases, stack):
-    api = stack(run_api(process_env()))
+def test_two_beats_create_each_scheduled_job_and_the_catch_up_once(
+    fresh_dbs: Databases, system: System
+):
+    api = system.add(run_api(process_env()))
     env = process_env(
         **{
             **FAST,
@@ -169,23 +145,27 @@ def test_two_beats_create_each_scheduled_job_and_the_catch_up_once(fresh_dbs: Da
             "ETL_CATCHUP_DAYS": "1",
         }
     )
-    stack(run_worker(env))
-    beats = [stack(run_beat(env, name="beat1")), stack(run_beat(env, name="beat2"))]
+    system.add(run_worker(env))
+    beats = [system.add(run_beat(env, name="beat1")), system.add(run_beat(env, name="beat2"))]
     for beat in beats:  # each beat sends both schedules at the next minute
         assert beat.wait_for_log("scheduler.enqueue_daily", timeout=75), beat.describe()
         assert beat.wait_for_log("scheduler.enqueue_hourly", timeout=10), beat.describe()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def scheduled_keys() -> list:
         with target_engine().connect() as conn:
-            keys = conn.execute(
+            return conn.execute(
                 text(
                     "SELECT dedupe_key, count(*) FROM etl_job WHERE origin IN ('hourly', 'daily') "
                     "GROUP BY 1"
                 )
             ).all()
-        if {k.split(":")[0] for k, _ in keys} == {"hourly", "daily"}:
-            break
-        time.sleep(0.5)
+
+    _, keys = poll(
+        scheduled_keys,
+        lambda keys: {k.split(":")[0] for k, _ in keys} == {"hourly", "daily"},
+        timeout=30,
+        interval=0.5,
+    )
     counted = dict(keys)
     assert sum(1 for k in counted if k.startswith("daily:")) >= 1
     assert sum(1 for k in counted if k.startswith("hourly:")) >= 1
@@ -213,29 +193,33 @@ def test_two_beats_create_each_scheduled_job_and_the_catch_up_once(fresh_dbs: Da
     assert twice <= 1  # at most the last hour, if a catch-up ran before its hourly job
 
 
-def test_flower_lists_the_tasks_behind_basic_auth(fresh_dbs: Databases, stack):
-    api = stack(run_api(process_env()))
+def test_flower_lists_the_tasks_behind_basic_auth(fresh_dbs: Databases, system: System):
+    api = system.add(run_api(process_env()))
     env = process_env(API_BASE_URL=api.url, FLOWER_BASIC_AUTH="ops:flower-pass")
-    flower = stack(run_flower(env))
-    worker = stack(run_worker(env))
+    flower = system.add(run_flower(env))
+    worker = system.add(run_worker(env))
     # Workers send task events only once a monitor asks: Flower does, remotely.
     assert worker.wait_for_log("enabled by remote", timeout=30), worker.describe()
-    job = _post(api.url, {"date": "2025-12-08"})
+    job = post_job(api.url, {"date": "2025-12-08"})
     wait_for_job(job["id"], timeout=60, procs=(api, worker))
     assert httpx.get(f"{flower.url}/api/tasks", timeout=10).status_code == 401
     auth = ("ops", "flower-pass")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+
+    def tasks_and_slices() -> tuple[dict, list]:
         tasks = httpx.get(f"{flower.url}/api/tasks", auth=auth, timeout=10).json()
         # Task events are broker-wide: count only this job's tasks on this test's worker.
-        slices = [
+        return tasks, [
             t
             for t in tasks.values()
             if t.get("name") == "workers.process_slice"
             and t.get("worker") == worker.hostname
             and str(t.get("args", "")).startswith(f"({job['id']},")
         ]
-        if len(slices) >= 24 and all(t["state"] == "SUCCESS" for t in slices):
-            break
-        time.sleep(0.5)
+
+    _, (tasks, slices) = poll(
+        tasks_and_slices,
+        lambda seen: len(seen[1]) >= 24 and all(t["state"] == "SUCCESS" for t in seen[1]),
+        timeout=20,
+        interval=0.5,
+    )
     assert len(slices) == 24 and {t["state"] for t in slices} == {"SUCCESS"}, tasks

@@ -10,12 +10,12 @@ import time
 from datetime import date, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
 
-from tests.oracle import actual_rows, assert_target_matches_oracle
-from tests.procs import FaultyProxy, queue_length, wait_for_job
+from tests.support.jobs import slice_rows
+from tests.support.oracle import actual_rows, assert_target_matches_oracle
+from tests.support.procs import purge_queue, queue_length
+from tests.support.waiting import job_in_db, until, wait_for_job
 from windfarm import jobs
-from windfarm.db import target_engine
 from windfarm.dispatch import submit_job
 
 
@@ -29,29 +29,9 @@ def submit_day(day: date) -> int:
 
 
 def slices(job_id: int) -> dict[int, tuple]:
-    """hour -> (state, attempts, enqueued) of a job's slices."""
-    with target_engine().connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT slice_start, state, attempts, enqueued_at IS NOT NULL FROM etl_slice "
-                "WHERE job_id = :j"
-            ),
-            {"j": job_id},
-        ).all()
-    return {r[0].hour: tuple(r[1:]) for r in rows}
-
-
-@pytest.fixture
-def proxy_factory():
-    started: list[FaultyProxy] = []
-
-    def start(upstream: str, rule) -> FaultyProxy:
-        started.append(FaultyProxy(upstream, rule))
-        return started[-1]
-
-    yield start
-    for proxy in started:
-        proxy.close()
+    """hour -> (state, attempts, enqueued) of a job's slices (of one day)."""
+    rows = slice_rows(job_id, "state", "attempts", "enqueued_at IS NOT NULL")
+    return {start.hour: tuple(row) for start, row in rows.items()}
 
 
 def test_a_day_submitted_to_the_queue_is_processed_by_a_real_worker(dbs, worker):
@@ -71,10 +51,10 @@ def test_a_day_submitted_to_the_queue_is_processed_by_a_real_worker(dbs, worker)
 
 
 def test_a_permanent_api_failure_fails_its_slice_at_once(
-    fresh_dbs, api_server, worker_factory, proxy_factory
+    fresh_dbs, api_server, worker_factory, proxies
 ):
     day = date(2025, 12, 3)
-    proxy = proxy_factory(
+    proxy = proxies(
         api_server.url,
         lambda path, n: (404, {"detail": "no such thing"}) if "T03:00:00" in path else None,
     )
@@ -93,7 +73,7 @@ def test_a_permanent_api_failure_fails_its_slice_at_once(
 
 
 def test_transient_failures_are_retried_with_backoff_then_wait_until_the_cause_is_gone(
-    fresh_dbs, api_server, worker_factory, proxy_factory
+    fresh_dbs, api_server, worker_factory, proxies
 ):
     day = date(2025, 12, 7)
     five = day_start(day) + timedelta(hours=5)
@@ -107,15 +87,17 @@ def test_transient_failures_are_retried_with_backoff_then_wait_until_the_cause_i
             return 503, {"detail": "try again later"}
         return None
 
-    proxy = proxy_factory(api_server.url, rule)
+    proxy = proxies(api_server.url, rule)
     worker = worker_factory(proxy.url, ETL_MAX_RETRIES="2", ETL_RECONCILE_EVERY_S="1")
     job_id = submit_day(day)
-    deadline = time.monotonic() + 60
-    while slices(job_id)[5][0] != "waiting":
-        assert time.monotonic() < deadline, worker.describe()
-        time.sleep(0.2)
-    with target_engine().connect() as conn:
-        view = jobs.get_job(conn, job_id)
+    until(
+        lambda: slices(job_id)[5][0],
+        lambda state: state == "waiting",
+        timeout=60,
+        what="slice 05:00 waiting",
+        procs=(worker,),
+    )
+    view = job_in_db(job_id)
     # A transient cause never fails a slice: it waits, and the job shows why.
     assert (view.status, view.slices_succeeded, view.slices_failed, view.slices_waiting) == (
         "running",
@@ -152,7 +134,7 @@ def test_transient_failures_are_retried_with_backoff_then_wait_until_the_cause_i
 
 @pytest.mark.slow
 def test_a_slice_whose_worker_process_dies_is_redelivered(
-    fresh_dbs, api_server, worker_factory, proxy_factory
+    fresh_dbs, api_server, worker_factory, proxies
 ):
     day = date(2025, 12, 8)
     in_flight = threading.Event()
@@ -165,7 +147,7 @@ def test_a_slice_whose_worker_process_dies_is_redelivered(
             return 503, {"detail": "held"}
         return None
 
-    proxy = proxy_factory(api_server.url, rule)
+    proxy = proxies(api_server.url, rule)
     worker = worker_factory(proxy.url, concurrency=1)
     [child] = worker.child_pids()
     job_id = submit_day(day)
@@ -185,19 +167,15 @@ def test_a_slice_whose_worker_process_dies_is_redelivered(
 
 
 def test_every_slice_of_a_large_job_is_sent_and_recorded_once(fresh_dbs):
-    from tests.procs import purge_queue
-
     broker, queue = os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"]
     first, last = date(2025, 1, 1), date(2025, 4, 30)  # 120 days, 2,880 slices
     try:
         view = submit_job(origin="cli", hours=jobs.job_slices(first, last)).job
         assert view.slices_total == 2880
         assert queue_length(broker, queue) == 2880
-        with target_engine().connect() as conn:
-            unsent = conn.scalar(
-                text("SELECT count(*) FROM etl_slice WHERE job_id = :j AND enqueued_at IS NULL"),
-                {"j": view.id},
-            )
-        assert unsent == 0
+        unsent = [
+            s for s, row in slice_rows(view.id, "enqueued_at").items() if row.enqueued_at is None
+        ]
+        assert len(unsent) == 0
     finally:
         purge_queue(broker, queue)

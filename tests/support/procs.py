@@ -1,10 +1,12 @@
-"""Real processes for tests: the API (uvicorn, through ``api.serve``) and Celery workers.
+"""Real processes for tests: the API (uvicorn, through ``api.serve``), Celery
+workers, any server on a free port, and :class:`Tracker`, which stops them.
 
 Each runs in its own session (process group) with its output in a log file,
 and :meth:`Proc.stop` ends the whole group, so a prefork worker leaves no
-children behind even when a test fails half-way. The fixtures ``api_server``,
-``api_factory``, ``worker`` and ``worker_factory`` in ``tests/conftest.py``
-wrap these helpers.
+children behind even when a test fails half-way. A test's processes are
+tracked by the ``procs`` fixture (a :class:`Tracker`); the fixtures
+``api_server``, ``api_factory``, ``metrics_api``, ``worker`` and
+``worker_factory`` in ``tests/conftest.py`` start them through it.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import redis
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.waiting import poll
+
+REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 LOG_TAIL_CHARS = 6000
@@ -58,14 +62,10 @@ class Proc:
 
     def wait_for_log(self, text: str, timeout: float = START_TIMEOUT_S) -> bool:
         """Wait until ``text`` appears in the log; False on timeout or exit."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return True
-            if not self.alive():
-                return text in self.log()
-            time.sleep(0.1)
-        return False
+        held, _ = poll(
+            self.log, lambda log: text in log, timeout=timeout, interval=0.1, alive=self.alive
+        )
+        return held
 
     def child_pids(self) -> list[int]:
         """Direct children (a prefork worker's pool processes)."""
@@ -130,50 +130,82 @@ def start(name: str, args: list[str], env: dict[str, str], log_dir: Path | None 
     return Proc(name, popen, log_path)
 
 
+def listen_args(port: int, log_level: str = "warning") -> list[str]:
+    """uvicorn's (and ``api.serve``'s) options to serve on ``127.0.0.1:port``."""
+    return ["--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]
+
+
+def healthy(status: int | None) -> bool:
+    return status == 200
+
+
+def answered(status: int | None) -> bool:
+    """Any HTTP answer at all (an API whose databases are down answers 503)."""
+    return status is not None
+
+
+def serve(
+    name: str,
+    args: list[str],
+    env: dict[str, str],
+    *,
+    listen: Callable[[int], list[str]] = listen_args,
+    health: str = "/health",
+    ready: Callable[[int | None], bool] = healthy,
+    timeout: float = START_TIMEOUT_S,
+    probe_timeout: float = 2.0,
+    log_dir: Path | None = None,
+) -> Proc:
+    """``python args... listen(port)`` on a free port, once ``GET health`` answers
+    a status that ``ready`` accepts (None: no answer); ``.url`` is its base URL."""
+    for _ in range(3):  # another process may take the free port before the server binds it
+        port = free_port()
+        proc = start(name, [*args, *listen(port)], env, log_dir)
+        proc.url = f"http://127.0.0.1:{port}"
+
+        def status(url: str = f"{proc.url}{health}") -> int | None:
+            try:
+                return httpx.get(url, timeout=probe_timeout).status_code
+            except httpx.HTTPError:
+                return None
+
+        if poll(status, ready, timeout=timeout, interval=0.1, alive=proc.alive)[0]:
+            return proc
+        proc.stop()
+        if "address already in use" not in proc.log().lower():
+            break
+    raise RuntimeError(f"{name} did not answer {health} in {timeout:g} s\n{proc.describe()}")
+
+
+def app_with_metrics():
+    """The API with its metrics and logging set up, for ``uvicorn --factory``: what
+    ``api.main.create_app`` builds once it calls both (adding them twice does nothing)."""
+    from api.main import create_app
+    from api.metrics import install
+    from windfarm.logs import setup_logging
+
+    setup_logging()
+    app = create_app()
+    install(app)
+    return app
+
+
 def run_api(
     env: dict[str, str],
     *,
     timeout: float = START_TIMEOUT_S,
     name: str = "api",
     log_dir: Path | None = None,
+    metrics: bool = False,
 ) -> Proc:
-    """The API (``python -m api.serve``) on a free port, once ``/health`` answers 200."""
-    for _ in range(3):  # another process may take the free port before uvicorn binds it
-        port = free_port()
-        proc = start(
-            name,
-            [
-                "-m",
-                "api.serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env,
-            log_dir,
-        )
-        proc.url = f"http://127.0.0.1:{port}"
-        if _wait_healthy(proc, timeout):
-            return proc
-        proc.stop()
-        if "address already in use" not in proc.log().lower():
-            break
-    raise RuntimeError(f"the API did not become healthy in {timeout:g} s\n{proc.describe()}")
-
-
-def _wait_healthy(proc: Proc, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.alive():
-        try:
-            if httpx.get(f"{proc.url}/health", timeout=2).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    return False
+    """The API (``python -m api.serve``) on a free port, once ``/health`` answers 200.
+    With ``metrics``: uvicorn serving :func:`app_with_metrics` instead."""
+    args = (
+        ["-m", "uvicorn", "--factory", f"{__name__}:app_with_metrics"]
+        if metrics
+        else ["-m", "api.serve"]
+    )
+    return serve(name, args, env, timeout=timeout, log_dir=log_dir)
 
 
 def run_worker(
@@ -260,98 +292,58 @@ def queue_length(broker_url: str, queue: str) -> int:
         client.close()
 
 
-def wait_for_job(job_id: int, *, timeout: float = 60.0, procs: tuple[Proc, ...] = ()):
-    """Poll ``jobs.get_job`` until the job ends; its view. On timeout, fail with
-    the job's state and the log tails of ``procs``."""
-    from windfarm import jobs
-    from windfarm.db import target_engine
-
-    deadline = time.monotonic() + timeout
-    while True:
-        with target_engine().connect() as conn:
-            view = jobs.get_job(conn, job_id)
-        if view is not None and view.ended:
-            return view
-        if time.monotonic() > deadline:
-            logs = "\n".join(p.describe() for p in procs)
-            raise AssertionError(f"job {job_id} did not end in {timeout:g} s: {view}\n{logs}")
-        time.sleep(0.2)
+def purge_run_queue() -> int:
+    """:func:`purge_queue` of the run's broker and queue (as the environment names them now)."""
+    return purge_queue(os.environ["CELERY_BROKER_URL"], os.environ["ETL_QUEUE"])
 
 
-class FaultyProxy:
-    """A small HTTP server in the test process in front of a real API.
+class Tracker:
+    """What a test (or a module's fixture) started: processes, and cleanups for
+    anything else (proxies, brokers, the queue).
 
-    For every GET, ``rule(path_with_query, n)`` (query unquoted) (``n`` counts requests from 0)
-    returns ``(status, body)`` to answer itself, :attr:`RESET` to drop the
-    connection with a TCP reset instead of answering, or None to forward upstream.
-    ``requests`` records every path seen, in order.
+    :meth:`stop_all` stops the processes, newest first, printing each one's log
+    tail (pytest shows it when the test failed), then runs the cleanups, newest
+    first. The ``procs`` fixture yields one per test; as a context manager, a
+    tracker stops all on exit.
     """
 
-    RESET = "reset"
+    def __init__(self) -> None:
+        self.procs: list[Proc] = []
+        self.cleanups: list[Callable[[], object]] = []
 
-    def __init__(self, upstream: str, rule) -> None:
-        import http.server
-        import struct
-        import threading
+    def add(self, proc: Proc) -> Proc:
+        self.procs.append(proc)
+        return proc
 
-        proxy = self
-        self.upstream = upstream.rstrip("/")
-        self.rule = rule
-        self.requests: list[str] = []
-        self._lock = threading.Lock()
+    def defer(self, cleanup: Callable[[], object]) -> None:
+        """Run ``cleanup()`` at :meth:`stop_all`, after the processes have stopped."""
+        self.cleanups.append(cleanup)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                answer = proxy._answer(self.path)
-                if answer == FaultyProxy.RESET:
-                    # Linger on with a zero timeout: close() sends RST, not FIN.
-                    self.connection.setsockopt(
-                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                    )
-                    self.connection.close()
-                    self.close_connection = True
-                    return
-                status, body = answer
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    self.close_connection = True  # the client gave up waiting
+    def __len__(self) -> int:
+        return len(self.procs)
 
-            def log_message(self, *args) -> None:
-                pass
+    def __iter__(self):
+        return iter(self.procs)
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+    def stop_all(self) -> None:
+        errors: list[BaseException] = []
+        while self.procs:
+            proc = self.procs.pop()
+            try:
+                proc.stop()
+            except Exception as exc:  # noqa: BLE001 - stop the others, then raise
+                errors.append(exc)
+            print(proc.describe())
+        while self.cleanups:
+            try:
+                self.cleanups.pop()()
+            except Exception as exc:  # noqa: BLE001 - run the others, then raise
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+    def __enter__(self) -> Tracker:
+        return self
 
-    def count(self, text: str) -> int:
-        """Requests whose path and query contain ``text``."""
-        with self._lock:
-            return sum(text in path for path in self.requests)
-
-    def _answer(self, path: str) -> tuple[int, bytes] | str:
-        readable = urllib.parse.unquote(path)  # "start=2025-12-05T05:00:00", not "%3A"
-        with self._lock:
-            n = len(self.requests)
-            self.requests.append(readable)
-        answer = self.rule(readable, n)
-        if answer == FaultyProxy.RESET:
-            return answer
-        if answer is not None:
-            status, body = answer
-            return status, body if isinstance(body, bytes) else json.dumps(body).encode()
-        upstream = httpx.get(self.upstream + path, timeout=30)
-        return upstream.status_code, upstream.content
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def __exit__(self, *_: object) -> None:
+        self.stop_all()

@@ -44,7 +44,7 @@ from pathlib import Path
 from kombu import Connection
 from kombu.exceptions import ChannelError
 
-from tests.procs import free_port
+from tests.support.procs import free_port
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 START_TIMEOUT_S = 60.0

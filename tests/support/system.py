@@ -1,10 +1,11 @@
 """A system of real processes for system tests: beat, Flower, a private Redis,
-and :class:`System`, which starts and tracks a test's API, workers and beat.
+and :class:`System`, which starts a test's API, workers and beat.
 
-Complements ``tests/procs.py`` (API and workers). A private Redis lets a test
-stop and restart the broker without touching the shared one. The ``system``
-fixture (``tests/conftest.py``) gives a test a :class:`System` on its own
-databases and stops everything afterwards.
+Complements ``tests/support/procs.py`` (API and workers). A private Redis lets
+a test stop and restart the broker without touching the shared one. The
+``system`` fixture (``tests/conftest.py``) gives a test a :class:`System` on
+its own databases, holding the test's :class:`~tests.support.procs.Tracker`,
+which stops everything afterwards.
 """
 
 from __future__ import annotations
@@ -18,13 +19,25 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import redis
 from sqlalchemy import text
 
-from tests.conftest import Databases
-from tests.oracle import assert_target_matches_oracle
-from tests.procs import START_TIMEOUT_S, Proc, free_port, process_env, run_api, run_worker, start
+from tests.support.databases import Databases
+from tests.support.jobs import get_job, post_job, slice_rows
+from tests.support.oracle import assert_target_matches_oracle
+from tests.support.procs import (
+    START_TIMEOUT_S,
+    Proc,
+    Tracker,
+    answered,
+    free_port,
+    process_env,
+    run_api,
+    run_worker,
+    serve,
+    start,
+)
+from tests.support.waiting import poll, wait_for_job
 from windfarm.db import target_engine
 
 # The reconciler every second, a slice lost after 5 s without a sign of work,
@@ -55,22 +68,14 @@ def run_beat(env: dict[str, str], *, name: str = "beat") -> Proc:
 
 def run_flower(env: dict[str, str], *, name: str = "flower") -> Proc:
     """``celery -A workers flower`` on a free port, once it answers."""
-    port = free_port()
-    proc = start(
+    return serve(
         name,
-        ["-m", "celery", "-A", "workers", "flower", f"--port={port}", "--address=127.0.0.1"],
+        ["-m", "celery", "-A", "workers", "flower"],
         env,
+        listen=lambda port: [f"--port={port}", "--address=127.0.0.1"],
+        health="/healthcheck",
+        ready=answered,
     )
-    proc.url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and proc.alive():
-        try:
-            httpx.get(f"{proc.url}/healthcheck", timeout=2)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.stop()
-    raise RuntimeError(f"Flower did not start\n{proc.describe()}")
 
 
 class PrivateRedis:
@@ -109,16 +114,16 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis(
-                    port=self.port, password=self.password, socket_connect_timeout=0.5
-                ).ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        if not poll(self._pings, timeout=10, interval=0.05)[0]:
+            raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def _pings(self) -> bool:
+        try:
+            return redis.Redis(
+                port=self.port, password=self.password, socket_connect_timeout=0.5
+            ).ping()
+        except redis.ConnectionError:
+            return False
 
     def stop(self) -> None:
         if self.popen and self.popen.poll() is None:
@@ -138,12 +143,20 @@ def day_start(day: date) -> datetime:
 
 @dataclass
 class System:
-    """The processes of one test, on its own databases; ``api`` is the one jobs are posted to."""
+    """The processes of one test, on its own databases; ``api`` is the one jobs are
+    posted to. ``tracker`` stops them (and runs ``cleanups``) at the end."""
 
     dbs: Databases
-    procs: list[Proc] = field(default_factory=list)
-    cleanups: list[Callable[[], object]] = field(default_factory=list)
+    tracker: Tracker = field(default_factory=Tracker)
     api: Proc | None = None
+
+    @property
+    def procs(self) -> list[Proc]:
+        return self.tracker.procs
+
+    @property
+    def cleanups(self) -> list[Callable[[], object]]:
+        return self.tracker.cleanups
 
     def start_api(self, **env: str) -> Proc:
         self.api = self.add(run_api(process_env(**env), name=f"api{len(self.procs) + 1}"))
@@ -164,52 +177,27 @@ class System:
         return self.add(run_beat(process_env(**{**FAST, **env})))
 
     def add(self, proc: Proc) -> Proc:
-        self.procs.append(proc)
-        return proc
+        return self.tracker.add(proc)
 
     def post(self, body: dict, *, api: Proc | None = None) -> dict:
-        response = httpx.post(f"{(api or self.api).url}/jobs", json=body, timeout=30)
-        assert response.status_code == 202, response.text
-        return response.json()
+        return post_job((api or self.api).url, body)
 
     def job(self, job_id: int) -> dict:
-        response = httpx.get(f"{self.api.url}/jobs/{job_id}", timeout=30)
-        assert response.status_code == 200, response.text
-        return response.json()
+        return get_job(self.api.url, job_id)
 
     def wait(self, job_id: int, *, timeout: float = 90) -> dict:
         """The job as GET /jobs/{id} shows it once it has ended."""
-        return self.until(job_id, lambda j: j["status"] in ("succeeded", "failed"), timeout)
+        return wait_for_job(job_id, api=self.api.url, timeout=timeout, procs=self.procs)
 
     def wait_progress(self, job_id: int, succeeded: int, *, timeout: float = 60) -> dict:
-        return self.until(job_id, lambda j: j["slices_succeeded"] >= succeeded, timeout)
-
-    def until(self, job_id: int, done, timeout: float) -> dict:
-        """The job once ``done(job)`` holds; fails with the processes' logs on timeout."""
-        deadline = time.monotonic() + timeout
-        while not done(job := self.job(job_id)):
-            if time.monotonic() > deadline:
-                logs = "\n".join(p.describe() for p in self.procs)
-                raise AssertionError(f"job {job_id} not there in {timeout:g} s: {job}\n{logs}")
-            time.sleep(0.2)
-        return job
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-            print(proc.describe())
-        for cleanup in reversed(self.cleanups):
-            cleanup()
-
-
-def slice_rows(job_id: int) -> dict[datetime, tuple[str, int]]:
-    """slice start -> (state, attempts), from the database itself."""
-    with target_engine().connect() as conn:
-        rows = conn.execute(
-            text("SELECT slice_start, state, attempts FROM etl_slice WHERE job_id = :j"),
-            {"j": job_id},
-        ).all()
-    return {start: (state, attempts) for start, state, attempts in rows}
+        return wait_for_job(
+            job_id,
+            api=self.api.url,
+            done=lambda job: job["slices_succeeded"] >= succeeded,
+            timeout=timeout,
+            what=f"job {job_id} to reach {succeeded} slices succeeded",
+            procs=self.procs,
+        )
 
 
 def target_rows(start: datetime, end: datetime) -> int:
