@@ -44,6 +44,12 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": Problem} for code in codes}
 
 
+def json_example(example: Any) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI entry of a 200 whose JSON body is built by PostgreSQL (so no
+    response model): an example of it."""
+    return {200: {"content": {"application/json": {"example": example}}}}
+
+
 def _field(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("query", "body", "path", "header")]
     return ".".join(parts) or "request"

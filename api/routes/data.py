@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from api.deps import SourceConn
-from api.errors import problem_responses
+from api.errors import json_example, problem_responses
 from api.params import IsoDateTime, resolve_range
 from windfarm import readings
 from windfarm.config import get_settings
@@ -23,15 +23,7 @@ Variable = StrEnum("Variable", {name: name for name in VARIABLES})  # type: igno
     "/data",
     response_class=Response,
     responses={
-        200: {
-            "content": {
-                "application/json": {
-                    "example": [
-                        {"timestamp": "2025-12-05T00:00:00", "wind_speed": 7.1, "power": 812.3}
-                    ]
-                }
-            }
-        },
+        **json_example([{"timestamp": "2025-12-05T00:00:00", "wind_speed": 7.1, "power": 812.3}]),
         # 503: the answers in flight already fill API_DATA_BUDGET_BYTES (api/limits.py).
         **problem_responses(422, 503),
     },

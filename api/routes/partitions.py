@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response
 
 from api.deps import TargetConn
-from api.errors import problem_responses
+from api.errors import json_example, problem_responses
 from api.params import IsoDate
 from windfarm import jobs, partitions
 from windfarm.config import get_settings
@@ -67,10 +67,7 @@ def resolve_days(start: dt.date, end: dt.date | None, max_days: int) -> tuple[dt
 @router.get(
     "/partitions",
     response_class=Response,
-    responses={
-        200: {"content": {"application/json": {"example": _EXAMPLE}}},
-        **problem_responses(422),
-    },
+    responses={**json_example(_EXAMPLE), **problem_responses(422)},
 )
 def get_partitions(
     conn: TargetConn,

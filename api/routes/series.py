@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from sqlalchemy import Connection
 
 from api.deps import TargetConn
-from api.errors import problem_responses
+from api.errors import json_example, problem_responses
 from api.params import IsoDateTime, resolve_range
 from windfarm import statistics
 from windfarm.config import get_settings
@@ -45,18 +45,12 @@ def resolve_signals(conn: Connection, given: list[str]) -> tuple[str, ...]:
 @router.get(
     "/signals",
     response_class=Response,
-    responses={
-        200: {
-            "content": {
-                "application/json": {
-                    "example": [
-                        {"id": 1, "name": "power_max_10m"},
-                        {"id": 2, "name": "power_mean_10m"},
-                    ]
-                }
-            }
-        }
-    },
+    responses=json_example(
+        [
+            {"id": 1, "name": "power_max_10m"},
+            {"id": 2, "name": "power_mean_10m"},
+        ]
+    ),
 )
 def get_signals(conn: TargetConn) -> Response:
     """The signals the target holds values for, by name."""
@@ -67,19 +61,15 @@ def get_signals(conn: TargetConn) -> Response:
     "/series",
     response_class=Response,
     responses={
-        200: {
-            "content": {
-                "application/json": {
-                    "example": [
-                        {
-                            "timestamp": "2025-12-05T00:00:00",
-                            "wind_speed_mean_10m": 7.1,
-                            "wind_speed_max_10m": 9.4,
-                        }
-                    ]
+        **json_example(
+            [
+                {
+                    "timestamp": "2025-12-05T00:00:00",
+                    "wind_speed_mean_10m": 7.1,
+                    "wind_speed_max_10m": 9.4,
                 }
-            }
-        },
+            ]
+        ),
         **problem_responses(422),
     },
 )
