@@ -588,13 +588,16 @@ def measure_enqueue(stack: Stack) -> dict:
     return {"messages": sent, "seconds": took, "messages_per_s": sent / took}
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM stops the run like Ctrl-C: every process started is stopped and
-    the databases dropped on the way out."""
+def _stop_on_signals() -> None:
+    """SIGINT (Ctrl-C) and SIGTERM stop the run: every process started is
+    stopped and the databases dropped on the way out. Both handlers are set
+    here, SIGINT's too: a process started in the background of a
+    non-interactive shell inherits SIGINT ignored."""
 
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
 
 
@@ -642,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     layouts = [(nodes, count) for nodes in node_counts for count in counts]
     if args.layouts:
         layouts = [tuple(int(n) for n in item.split("x")) for item in args.layouts.split(",")]
-    _stop_on_sigterm()
+    _stop_on_signals()
     stack = Stack(args.days)
     figures: dict = {
         "days": args.days,

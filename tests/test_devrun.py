@@ -251,7 +251,7 @@ def start_make(run: Run, log: Path) -> subprocess.Popen:
                 "make",
                 "--no-print-directory",
                 "-o",
-                f"{venv}/.installed-stamp",
+                f"{venv}/.run-installed",
                 "run",
                 f"VENV={venv}",
             ],
@@ -261,7 +261,16 @@ def start_make(run: Run, log: Path) -> subprocess.Popen:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # As from a terminal: a test run in the background of a non-interactive
+            # shell (CI) hands its children SIGINT and SIGQUIT ignored, and make
+            # would then ignore the Ctrl-C the test sends it.
+            preexec_fn=_default_signals,
         )
+
+
+def _default_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def wait_ready(run: Run, proc: subprocess.Popen, output: Callable[[], str]) -> None:
