@@ -76,7 +76,8 @@ class Stack:
     """Databases, queue and processes of one benchmark run."""
 
     def __init__(self, days: int) -> None:
-        run = uuid.uuid4().hex[:8]
+        # The process id names them too: whose they are, should any be left.
+        run = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
         self.source_url = f"{PG_URL}/wf_bench_{run}_source"
         self.target_url = f"{PG_URL}/wf_bench_{run}_target"
         self.queue = f"etl-bench-{run}"

@@ -32,13 +32,15 @@ def _tagged(tag: str) -> list[int]:
     return found
 
 
-def _bench_databases() -> set[str]:
+def _bench_databases(pid: int) -> set[str]:
+    """The databases of the benchmark process ``pid`` (named after it)."""
     engine = create_engine(f"{PG_URL}/postgres", poolclass=NullPool)
     try:
         with engine.connect() as conn:
             return set(
                 conn.scalars(
-                    text("SELECT datname FROM pg_database WHERE datname LIKE 'wf_bench_%'")
+                    text("SELECT datname FROM pg_database WHERE datname LIKE :prefix"),
+                    {"prefix": f"wf\\_bench\\_{pid}\\_%"},
                 )
             )
     finally:
@@ -48,7 +50,6 @@ def _bench_databases() -> set[str]:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stopped_benchmark_leaves_no_process_or_database_behind(tmp_path, sig):
     tag = uuid.uuid4().hex
-    before = _bench_databases()
     bench = subprocess.Popen(
         [
             sys.executable,
@@ -73,7 +74,7 @@ def test_a_stopped_benchmark_leaves_no_process_or_database_behind(tmp_path, sig)
         # Its API, a worker node and the node's pool child: the stack is up.
         started = until(
             lambda: _tagged(tag),
-            lambda found: len(found) >= 4,
+            lambda found: len(found) >= 4 and _bench_databases(bench.pid),
             timeout=120,
             alive=lambda: bench.poll() is None,
             what=lambda: f"the benchmark's stack up:\n{bench.stdout.read()}",
@@ -87,4 +88,4 @@ def test_a_stopped_benchmark_leaves_no_process_or_database_behind(tmp_path, sig)
     assert "interrupted; stopping what it started" in output
     poll(lambda: _tagged(tag), lambda found: not found, timeout=10)
     assert _tagged(tag) == [], f"left running: {_tagged(tag)} of {started}"
-    assert _bench_databases() <= before
+    assert _bench_databases(bench.pid) == set()

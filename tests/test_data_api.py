@@ -162,3 +162,38 @@ def test_timestamps_match_the_source_exactly(client, dbs: Databases):
     body = client.get("/data", params=params).json()
     assert len(body) == 60
     assert datetime.fromisoformat(body[-1]["timestamp"]) == datetime(2025, 12, 10, 23, 59)
+
+
+def _kill_connections(url: str) -> int:
+    """Terminate every session of ``url``'s database but this one, as a restart would."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            return len(
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).all()
+            )
+    finally:
+        engine.dispose()
+
+
+def test_reads_survive_the_source_dropping_every_pooled_connection(client, dbs: Databases):
+    """The source's pooled connections are not pinged before use: a read that
+    meets a dead one is tried once more on a new connection."""
+    params = {"start": "2025-12-05T10:00", "end": "2025-12-05T10:59"}
+    before = client.get("/data", params=params)
+    config_before = client.get("/dashboard/config").json()
+    assert before.status_code == 200
+    assert _kill_connections(dbs.source_url) >= 1
+
+    after = client.get("/data", params=params)
+    assert after.status_code == 200 and after.json() == before.json()
+    _kill_connections(dbs.source_url)
+    assert client.get("/health").json()["source"] == "ok"
+    _kill_connections(dbs.source_url)
+    config_after = client.get("/dashboard/config").json()
+    assert config_after["source_last_day"] == config_before["source_last_day"] is not None

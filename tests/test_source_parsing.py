@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from base64 import b64encode
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -19,7 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from workers.errors import BadPayload
+from workers.errors import BadPayload, SourceUnavailable
 from workers.source import SliceData, fetch_slice
 
 H10 = datetime(2025, 12, 5, 10)
@@ -126,3 +127,26 @@ def test_postgresql_json_of_non_finite_values_parses(postgres):
     assert same(data.columns["wind_speed"], [math.nan, INF, -INF, math.nan, 7.125])
     assert same(data.columns["power"], [1.5, math.nan, INF, -2.25, math.nan])
     assert data.ignored == 5
+
+
+def test_credentials_in_the_api_url_become_basic_auth_and_stay_out_of_messages(settings_env):
+    """A user:password in ``API_BASE_URL`` is sent as Basic credentials, as
+    ``httpx.Client`` would, and never named in an error."""
+    settings_env(API_BASE_URL="http://etl:s%40cret@api.internal:8000/")
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(503, text="down for a moment")
+
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler)) as client,
+        pytest.raises(SourceUnavailable) as raised,
+    ):
+        fetch_slice(H10, variables=VARIABLES, client=client)
+    (request,) = seen
+    assert request.url.host == "api.internal" and request.url.path == "/data"
+    assert request.url.userinfo == b""
+    assert request.headers["Authorization"] == "Basic " + b64encode(b"etl:s@cret").decode()
+    assert "http://api.internal:8000/data" in str(raised.value)
+    assert "cret" not in str(raised.value) and "etl:" not in str(raised.value)

@@ -8,12 +8,16 @@ by process id, so a child builds its own on first use.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from windfarm.config import get_settings
+
+T = TypeVar("T")
 
 _engines: dict[tuple[int, str, bool, bool], Engine] = {}
 
@@ -57,15 +61,31 @@ def target_engine() -> Engine:
 
 
 def source_reader() -> Engine:
-    """The API's engine for reads of the source: autocommit, pre-pinged."""
-    return engine_for(get_settings().source_database_url, autocommit=True, pre_ping=True)
+    """The API's engine for reads of the source: autocommit, not pre-pinged
+    (read through :func:`read_with_retry`)."""
+    return engine_for(get_settings().source_database_url, autocommit=True)
+
+
+def read_with_retry(engine: Engine, read: Callable[[Connection], T]) -> T:
+    """``read(conn)`` on a pooled connection of ``engine``, and once more if that
+    connection had died: a database restart kills every pooled connection, and
+    SQLAlchemy discards them all on the first error, so the second try connects
+    anew. Cheaper than a pre-ping, which costs a round trip on every checkout.
+    For reads only, which may run twice."""
+    try:
+        with engine.connect() as conn:
+            return read(conn)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    with engine.connect() as conn:
+        return read(conn)
 
 
 def reachable(engine: Engine) -> bool:
     """Whether the database answers a trivial query; raises nothing."""
     try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        read_with_retry(engine, lambda conn: conn.execute(text("SELECT 1")))
         return True
     except Exception:  # noqa: BLE001 - any failure means unreachable
         return False

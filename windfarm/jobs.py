@@ -135,7 +135,8 @@ def store_job(
 # crashes, the last fraction of a second of such commits is lost, but whole
 # transactions at a time: a slice's rows vanish together with its
 # "succeeded" mark, so it reads as unfinished and the reconciler runs it again.
-ASYNC_COMMIT_SQL = "SET LOCAL synchronous_commit TO off"
+# Set once on each of the workers' own connections (workers/store.py).
+ASYNC_COMMIT_SQL = "SET synchronous_commit TO off"
 
 _SLICE = "job_id = %(job_id)s AND slice_start = %(slice_start)s"
 

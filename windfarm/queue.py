@@ -37,7 +37,7 @@ from celery import Celery
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from windfarm import logs
+from windfarm import broker, logs
 from windfarm.config import Settings, get_settings
 
 SLICE_TASK = "workers.process_slice"
@@ -152,6 +152,8 @@ def configure(app: Celery, settings: Settings) -> None:
     )
 
 
+# kombu's Redis transport with one client per connection pool (windfarm/broker.py).
+broker.use_for_redis_urls()
 app = Celery("windfarm")
 configure(app, get_settings())
 # Every Celery process (worker, beat, Flower) logs through windfarm/logs.py.

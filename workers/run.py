@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-import httpx
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -27,7 +26,7 @@ from windfarm.timeutil import hour_floor, to_utc
 from windfarm.vocabulary import signal_names
 from workers import metrics
 from workers.errors import PermanentError, TargetUnavailable, TransientError, describe
-from workers.source import fetch_slice
+from workers.source import Getter, fetch_slice
 from workers.stats import stat_rows
 from workers.store import HourSession, hour_session, signal_ids
 
@@ -71,7 +70,7 @@ def target_errors() -> Iterator[None]:
 
 
 def run_slice(
-    job_id: int, slice_start: str | datetime, *, client: httpx.Client | None = None
+    job_id: int, slice_start: str | datetime, *, client: Getter | None = None
 ) -> SliceOutcome:
     """Process one slice of a job; see the module docstring for how it can end.
     Everything it logs carries the slice's ``job_id`` and ``slice``."""
@@ -109,7 +108,7 @@ def process(
     ids: dict[str, int],
     *,
     variables: tuple[str, ...],
-    client: httpx.Client | None = None,
+    client: Getter | None = None,
 ) -> SliceOutcome:
     """Fetch, compute and write one slice; mark it succeeded in the same transaction."""
     hour = session.hour

@@ -1,16 +1,20 @@
 """Fetch one slice of source data from the API (``GET /data``).
 
-One pooled ``httpx.Client`` per process, made on first use: the prefork pool
+One :class:`ApiClient` per process, made on first use: the prefork pool
 forks after import, and a client shared across a fork would share sockets.
-Tests pass their own client (e.g. on ``httpx.MockTransport``).
+Tests pass their own ``httpx.Client`` (e.g. on ``httpx.MockTransport``).
 """
 
 from __future__ import annotations
 
 import os
+from base64 import b64encode
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Protocol
+from urllib.parse import unquote, urlencode
 
 import httpx
 import numpy as np
@@ -20,8 +24,8 @@ from windfarm.config import get_settings
 from windfarm.timeutil import HOUR
 from workers.errors import BadPayload, SourceRejected, SourceUnavailable
 
-_clients: dict[int, httpx.Client] = {}
 _DETAIL_CHARS = 200
+USER_AGENT = "windfarm-etl-worker"
 
 
 # PostgreSQL's JSON spells a float8 that is not finite as a string. Such a value
@@ -47,17 +51,53 @@ class SliceData:
         return len(self.timestamps)
 
 
-def http_client() -> httpx.Client:
-    """This process's pooled client, with the timeouts of ``ETL_HTTP_TIMEOUT_S``."""
+class Getter(Protocol):
+    """What :func:`fetch_slice` needs of a client: ``httpx.Client.get``'s shape."""
+
+    def get(self, url: str, *, headers: dict[str, str]) -> httpx.Response: ...
+
+
+class ApiClient:
+    """GET requests on one pooled httpx transport, each read whole.
+
+    It does for these requests what ``httpx.Client.get`` does, without what
+    they never need of a client (URL merging, cookies, redirects, auth
+    flows, event hooks), a quarter of the CPU of a slice's fetch. Requests
+    and errors are httpx's own.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.transport = httpx.HTTPTransport(
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=2)
+        )
+        self.timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)).as_dict()
+
+    def get(self, url: str, *, headers: dict[str, str]) -> httpx.Response:
+        request = httpx.Request(
+            "GET",
+            url,
+            headers={"User-Agent": USER_AGENT, **headers},
+            extensions={"timeout": self.timeout},
+        )
+        response = self.transport.handle_request(request)
+        try:
+            response.read()
+        finally:
+            response.close()
+        return response
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+_clients: dict[int, ApiClient] = {}
+
+
+def http_client() -> ApiClient:
+    """This process's client, with the timeouts of ``ETL_HTTP_TIMEOUT_S``."""
     client = _clients.get(os.getpid())
     if client is None:
-        timeout = get_settings().etl_http_timeout_s
-        client = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
-            headers={"User-Agent": "windfarm-etl-worker"},
-        )
-        _clients[os.getpid()] = client
+        client = _clients[os.getpid()] = ApiClient(get_settings().etl_http_timeout_s)
     return client
 
 
@@ -69,25 +109,48 @@ def close_clients() -> None:
     _clients.clear()
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """``GET /data`` of an ``API_BASE_URL``: the URL without any user:password
+    it carries, and the Basic credentials they make (as ``httpx.Client`` would)."""
+
+    url: str
+    headers: dict[str, str]
+
+
+@lru_cache(maxsize=4)
+def data_endpoint(api_base_url: str) -> Endpoint:
+    url = httpx.URL(api_base_url.rstrip("/") + "/data")
+    headers = {}
+    if url.username or url.password:
+        userinfo = f"{unquote(url.username)}:{unquote(url.password or '')}"
+        headers["Authorization"] = "Basic " + b64encode(userinfo.encode()).decode()
+    return Endpoint(str(url.copy_with(username=None, password=None)), headers)
+
+
 def fetch_slice(
-    hour: datetime, *, variables: Sequence[str], client: httpx.Client | None = None
+    hour: datetime, *, variables: Sequence[str], client: Getter | None = None
 ) -> SliceData:
     """The source rows of ``[hour, hour + 1 h)`` for ``variables``.
 
     Raises :class:`SourceUnavailable` (retry) or :class:`SourceRejected` /
     :class:`BadPayload` (do not).
     """
-    params: list[tuple[str, str | int | float | bool | None]] = [
-        ("start", hour.isoformat()),
-        # The API's end is inclusive; stop one microsecond before the next hour.
-        ("end", (hour + HOUR - timedelta(microseconds=1)).isoformat()),
-        *(("variables", v) for v in variables),
-    ]
-    url = httpx.URL(get_settings().api_base_url.rstrip("/") + "/data")
+    query = urlencode(
+        [
+            ("start", hour.isoformat()),
+            # The API's end is inclusive; stop one microsecond before the next hour.
+            ("end", (hour + HOUR - timedelta(microseconds=1)).isoformat()),
+            *(("variables", v) for v in variables),
+        ]
+    )
+    endpoint = data_endpoint(get_settings().api_base_url)
     # Errors name the API without any user:password the URL may carry.
-    where = f"GET {url.copy_with(username=None, password=None)} for {hour.isoformat()}"
+    where = f"GET {endpoint.url} for {hour.isoformat()}"
     try:
-        response = (client or http_client()).get(url, params=params)
+        response = (client or http_client()).get(
+            f"{endpoint.url}?{query}", headers=endpoint.headers
+        )
     except httpx.TimeoutException as exc:
         raise SourceUnavailable(f"{where} timed out ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:

@@ -15,10 +15,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError
 
-from api.deps import SourceConnIfUp
+from api.deps import SourceDb
 from windfarm import readings
 from windfarm.config import get_settings
+from windfarm.db import read_with_retry
 
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger(__name__)
@@ -81,11 +83,15 @@ def asset(name: str, if_none_match: IfNoneMatch = None) -> Response:
 
 
 @router.get("/dashboard/config")
-def config(source: SourceConnIfUp) -> JSONResponse:
+def config(source: SourceDb) -> JSONResponse:
     """What the page needs to know about this deployment (never the token itself)."""
     settings = get_settings()
-    # Without the source the page falls back to recent days.
-    first, last = readings.source_days(source) if source is not None else (None, None)
+    try:
+        first, last = read_with_retry(source, readings.source_days)
+    except DBAPIError as exc:
+        # Without the source the page falls back to recent days.
+        log.warning("source database unreachable: %s", type(exc).__name__)
+        first, last = None, None
     return JSONResponse(
         {
             "token_required": settings.api_token is not None,

@@ -7,11 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from api.deps import SourceConn
+from api.deps import SourceDb
 from api.errors import json_example, problem_responses
 from api.params import IsoDateTime, resolve_range
 from windfarm import readings
 from windfarm.config import get_settings
+from windfarm.db import read_with_retry
 from windfarm.vocabulary import VARIABLES
 
 router = APIRouter(tags=["data"])
@@ -29,7 +30,7 @@ Variable = StrEnum("Variable", {name: name for name in VARIABLES})  # type: igno
     },
 )
 def get_data(
-    conn: SourceConn,
+    source: SourceDb,
     start: Annotated[IsoDateTime, Query(description="first instant, ISO 8601; naive means UTC")],
     end: Annotated[
         IsoDateTime | None,
@@ -41,5 +42,6 @@ def get_data(
 ) -> Response:
     """Source rows of ``[start, end]``, ordered by timestamp."""
     start, end = resolve_range(start, end, get_settings().data_max_days)
-    body = readings.rows_json(conn, start, end, {v.value for v in variables or Variable})
+    wanted = {v.value for v in variables or Variable}
+    body = read_with_retry(source, lambda conn: readings.rows_json(conn, start, end, wanted))
     return Response(content=body, media_type="application/json")
