@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -30,6 +31,15 @@ def _tagged(tag: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def _all_databases() -> set[str]:
+    engine = create_engine(f"{PG_URL}/postgres", poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return set(conn.scalars(text("SELECT datname FROM pg_database")))
+    finally:
+        engine.dispose()
 
 
 def _bench_databases(pid: int) -> set[str]:
@@ -89,3 +99,15 @@ def test_a_stopped_benchmark_leaves_no_process_or_database_behind(tmp_path, sig)
     poll(lambda: _tagged(tag), lambda found: not found, timeout=10)
     assert _tagged(tag) == [], f"left running: {_tagged(tag)} of {started}"
     assert _bench_databases(bench.pid) == set()
+
+
+def test_the_writers_benchmark_writes_every_slice_and_drops_its_database():
+    from bench import writers
+
+    figures = writers.run(2, 1, foreign_key=False)
+    assert figures["slices"] == 48  # two processes, a day each
+    assert figures["rows"] == 48 * 48  # 6 windows x 2 variables x 4 statistics an hour
+    assert figures["postgres_cpu_ms_per_slice"] > 0
+    assert not any(
+        name.endswith("_writers") and f"_{os.getpid()}_" in name for name in _all_databases()
+    )
