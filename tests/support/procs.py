@@ -21,12 +21,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import redis
 
+from bench import procs
+from bench.procs import free_port
 from tests.support.waiting import poll
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,15 +38,11 @@ LOG_TAIL_CHARS = 6000
 
 
 @dataclass
-class Proc:
-    """A process started by a test; ``url`` is set for servers."""
+class Proc(procs.Proc):
+    """A process started by a test; ``url`` is set for servers. The benchmark's
+    process record, with what tests ask of a process besides."""
 
-    name: str
-    popen: subprocess.Popen
-    log_path: Path
-    url: str | None = None
     hostname: str | None = None  # a Celery worker's node name
-    _stopped: bool = field(default=False, repr=False)
 
     @property
     def pid(self) -> int:
@@ -52,10 +50,6 @@ class Proc:
 
     def alive(self) -> bool:
         return self.popen.poll() is None
-
-    def log(self) -> str:
-        """Everything the process wrote so far (stdout and stderr)."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
         return self.log()[-chars:]
@@ -97,13 +91,6 @@ class Proc:
     def describe(self) -> str:
         """The process name and the tail of its log, for failure messages."""
         return f"--- {self.name} (pid {self.pid}) log tail ---\n{self.log_tail()}"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def process_env(**overrides: str) -> dict[str, str]:
