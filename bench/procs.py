@@ -211,5 +211,10 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICKS
 
 
+def cpu_by_process(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each of these processes, counted as :func:`cpu_seconds` does."""
+    return {pid: cpu_seconds([pid]) for pid in pids}
+
+
 def scratch_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="wf-bench-"))

@@ -44,9 +44,10 @@ from pathlib import Path
 import httpx
 import redis
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from bench import procs
+from bench import procs, serial
 from windfarm.models import ENDED_JOB
 
 FIRST_DAY = date(2025, 12, 1)
@@ -156,8 +157,8 @@ class Stack:
 
         get_settings.cache_clear()
 
-    def cpu(self) -> dict[str, float]:
-        """CPU seconds spent so far by each component of the stack."""
+    def cpu(self) -> dict[str, dict[int, float]]:
+        """CPU seconds spent so far by each process of each component of the stack."""
         mine: dict[str, list[int]] = {"api": [], "consumer": [], "pool": []}
         for proc in self.procs:
             tree = procs.tree(proc.popen.pid)
@@ -166,15 +167,12 @@ class Stack:
             else:  # a worker node's main process receives, dispatches and acks
                 mine["consumer"].append(tree[0])  # every message; its pool runs them
                 mine["pool"].extend(tree[1:])
-        return {
-            "api": procs.cpu_seconds(mine["api"]),
-            "consumer": procs.cpu_seconds(mine["consumer"]),
-            "pool": procs.cpu_seconds(mine["pool"]),
-            "broker": procs.cpu_seconds(
-                procs.named("redis-server" if self.broker == "redis" else "beam.smp")
-            ),
-            "postgresql": procs.cpu_seconds(procs.named("postgres")),
-        }
+        mine["broker"] = procs.named("redis-server" if self.broker == "redis" else "beam.smp")
+        mine["postgresql"] = procs.named("postgres")
+        return {part: procs.cpu_by_process(pids) for part, pids in mine.items()}
+
+    def databases(self) -> list[str]:
+        return [make_url(url).database or "" for url in (self.source_url, self.target_url)]
 
     def reset_target(self) -> None:
         with create_engine(self.target_url, poolclass=NullPool).begin() as conn:
@@ -253,6 +251,7 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
     nodes = [p for p in stack.procs if p.name.startswith("worker")]
     cpu_before, calls_before = stack.cpu(), broker_calls(stack.broker)
     phases_before = procs.phase_totals(nodes)
+    waits = serial.WaitSampler(f"{PG_URL}/postgres", stack.databases()).start()
     with httpx.Client(base_url=api_url, timeout=120) as client:
         began = time.perf_counter()
         job = client.post("/jobs", json=body).json()
@@ -269,8 +268,9 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
                     break
                 time.sleep(0.02)
         wall = time.perf_counter() - began
+        cpu_after, calls_after = stack.cpu(), broker_calls(stack.broker)
+        postgres_waits = waits.stop()
         final = client.get(f"/jobs/{job_id}").json()
-    cpu_after, calls_after = stack.cpu(), broker_calls(stack.broker)
     phases_after = procs.phase_totals(nodes)
     with engine.connect() as conn:
         timings = conn.execute(
@@ -283,7 +283,7 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
         ).all()
     engine.dispose()
     latencies = [t[0] for t in timings]
-    waits = [t[1] for t in timings]
+    queue_waits = [t[1] for t in timings]
     source_rows = _scalar(
         stack.source_url,
         'SELECT count(*) FROM data WHERE "timestamp" >= :first AND "timestamp" < :end',
@@ -291,6 +291,11 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
         end=last + timedelta(days=1),
     )[0]
     slices = final["slices_total"]
+    spent = {
+        part: {pid: after - cpu_before[part].get(pid, 0.0) for pid, after in seconds.items()}
+        for part, seconds in cpu_after.items()
+    }
+    spent["postgresql"].pop(waits.backend_pid, None)
     return {
         "job_status": final["status"],
         "slices": slices,
@@ -300,8 +305,8 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
         "slice_ms_p50": percentile(latencies, 50),
         "slice_ms_p95": percentile(latencies, 95),
         "slice_ms_p99": percentile(latencies, 99),
-        "queue_wait_ms_p50": percentile(waits, 50),
-        "queue_wait_ms_p95": percentile(waits, 95),
+        "queue_wait_ms_p50": percentile(queue_waits, 50),
+        "queue_wait_ms_p95": percentile(queue_waits, 95),
         "rows_written": final["rows_written"],
         "broker": stack.broker,
         # Wall time of each phase of a slice in the task (its workers' metrics).
@@ -315,8 +320,14 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
         if calls_before is not None
         else None,
         "cpu_ms_per_slice": {
-            part: (cpu_after[part] - cpu_before[part]) * 1000 / slices for part in cpu_after
+            part: sum(seconds.values()) * 1000 / slices for part, seconds in spent.items()
         },
+        "busiest": serial.busiest(
+            spent, wall_s=wall, slices_per_s=slices / wall, broker=stack.broker
+        ),
+        # Backend time per slice: on CPU or waiting, whatever for.
+        "postgres_ms_per_slice": postgres_waits["mean_active"] * wall * 1000 / slices,
+        "postgres_waits": postgres_waits,
     }
 
 
@@ -485,6 +496,7 @@ def print_table(figures: dict) -> None:
             f"{cpu['postgresql']:>9.2f}{sum(cpu.values()):>9.2f}"
             f"{'' if commands is None else format(commands, '.1f'):>12}"
         )
+    print_serial(figures["backfills"])
     print()
     print(f"{'GET /data':<12}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}  (concurrent clients)")
     for label, row in figures["data_api"].items():
@@ -503,6 +515,38 @@ def print_table(figures: dict) -> None:
             print(f"{label:<40}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}")
         print(f"{'a reconciler pass (nothing to send)':<40}{book['reconcile_pass_ms']:>9.2f}")
     print()
+
+
+def print_serial(runs: list[dict]) -> None:
+    """The serial limits (bench/serial.py): the busiest single-threaded process of
+    each component, and what PostgreSQL's backends spent per slice and on what."""
+    print()
+    print(
+        f"{'busiest process, % of a core':<28}"
+        + "".join(f"{p:>16}" for p in serial.SINGLE_THREADED)
+    )
+    print(f"{'  (full at slices/s)':<28}")
+    for run in runs:
+        label = f"{run['broker']}, {run['nodes']} node(s), {run['workers']} proc(s)"
+        cells = []
+        for part in serial.SINGLE_THREADED:
+            found = run["busiest"].get(part)
+            cells.append(
+                f"{found['core_share']:>6.0%} ({found['full_at']:>6,.0f})" if found else "-"
+            )
+        print(f"{label:<28}" + "".join(f"{cell:>16}" for cell in cells))
+    print()
+    print(f"{'PostgreSQL per slice':<28}{'ms':>7}{'active':>8}{'on CPU':>8}  most waited for")
+    for run in runs:
+        label = f"{run['broker']}, {run['nodes']} node(s), {run['workers']} proc(s)"
+        waits = run["postgres_waits"]
+        shares = dict(waits["shares"])
+        on_cpu = shares.pop(serial.ON_CPU, 0.0)
+        top = ", ".join(f"{event} {share:.0%}" for event, share in list(shares.items())[:3])
+        print(
+            f"{label:<28}{run['postgres_ms_per_slice']:>7.2f}{waits['mean_active']:>8.2f}"
+            f"{on_cpu:>8.0%}  {top or '-'}"
+        )
 
 
 def throughput_svg(figures: dict) -> str:

@@ -111,3 +111,39 @@ def test_the_writers_benchmark_writes_every_slice_and_drops_its_database():
     assert not any(
         name.endswith("_writers") and f"_{os.getpid()}_" in name for name in _all_databases()
     )
+
+
+def test_the_busiest_single_threaded_process_and_where_it_would_be_full():
+    from bench.serial import busiest
+
+    spent = {"api": {1: 2.0, 2: 5.0}, "consumer": {3: 1.0, 4: 2.5}, "pool": {5: 9.0}}
+    spent["broker"] = {6: 0.5}
+    figures = busiest(spent, wall_s=10.0, slices_per_s=400.0, broker="redis")
+    assert figures["api"] == {"core_share": 0.5, "full_at": 800.0}
+    assert figures["consumer"] == {"core_share": 0.25, "full_at": 1600.0}
+    assert figures["broker"] == {"core_share": 0.05, "full_at": 8000.0}
+    assert "pool" not in figures  # more processes of it scale: not a serial point
+    # RabbitMQ's server runs many threads: a share of one core says nothing.
+    assert "broker" not in busiest(spent, wall_s=10.0, slices_per_s=400.0, broker="amqp")
+
+
+def test_the_wait_sampler_sees_what_a_backend_waits_for():
+    from bench.serial import WaitSampler
+    from windfarm.db import drop_database, ensure_database
+
+    name = f"wf_sampler_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    ensure_database(f"{PG_URL}/{name}")
+    try:
+        sampler = WaitSampler(f"{PG_URL}/postgres", [name], every_s=0.01).start()
+        engine = create_engine(f"{PG_URL}/{name}", poolclass=NullPool)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_sleep(0.5)"))
+        engine.dispose()
+        figures = sampler.stop()
+        assert sampler.backend_pid is not None
+    finally:
+        drop_database(f"{PG_URL}/{name}")
+    # The one backend of the database, asleep whenever it was seen.
+    assert figures["shares"] == {"Timeout:PgSleep": 1.0}
+    assert 0 < figures["mean_active"] <= 1
+    assert figures["samples"] > 0

@@ -22,6 +22,7 @@ from typing import Any
 
 from kombu.exceptions import ChannelError
 from kombu.transport.redis import Channel as RedisChannel
+from kombu.utils.uuid import uuid
 from sqlalchemy import text
 
 from windfarm import jobs
@@ -46,22 +47,15 @@ def publish(job_id: int, starts: Sequence[datetime], *, priority: bool = False) 
         # One producer (one connection) for the whole batch; no publish retries,
         # so a dead broker costs seconds, not minutes.
         with app.producer_or_acquire() as producer:
+            # Declared once for the batch, not per message: RabbitMQ drops a
+            # message for a queue that nobody has declared yet.
+            producer.maybe_declare(app.amqp.queues[queue])
+            lineage = _lineage()
             for i in range(0, len(starts), CHUNK):
                 chunk = starts[i : i + CHUNK]
                 with _pipelined(producer):
                     for start in chunk:
-                        hour = start.isoformat()
-                        # The args' repr, given: Celery would build it per message.
-                        app.send_task(
-                            SLICE_TASK,
-                            (job_id, hour),
-                            queue=queue,
-                            routing_key=queue,
-                            producer=producer,
-                            retry=False,
-                            argsrepr=f"({job_id}, '{hour}')",
-                            kwargsrepr="{}",
-                        )
+                        _send_slice(producer, queue, job_id, start.isoformat(), lineage)
                 sent += len(chunk)
     except Exception as exc:  # noqa: BLE001 - any broker failure: the database keeps the rest
         log.warning(
@@ -75,6 +69,40 @@ def publish(job_id: int, starts: Sequence[datetime], *, priority: bool = False) 
             extra={"job_id": job_id},
         )
     return sent
+
+
+def _lineage() -> dict[str, str | None]:
+    """The root and parent ids ``send_task`` gives a message sent from a task
+    (beat's hourly, daily and reconcile tasks send slices): the task's own."""
+    parent = app.current_worker_task
+    if parent is None:
+        return {"root_id": None, "parent_id": None}  # the message is its own root
+    return {"root_id": parent.request.root_id or parent.request.id, "parent_id": parent.request.id}
+
+
+def _send_slice(
+    producer: Any, queue: str, job_id: int, hour: str, lineage: dict[str, str | None]
+) -> None:
+    """The message ``app.send_task(SLICE_TASK, (job_id, hour))`` sends, without
+    what it does for every message that a slice never needs: routing (the lane
+    is given), an ``AsyncResult`` (nobody waits for a slice's result), a
+    declaration of the queue (once per batch instead), the args' repr. Publishing
+    a year takes about a third of the CPU it took through ``send_task``."""
+    amqp = app.amqp
+    message = amqp.create_task_message(
+        uuid(),
+        SLICE_TASK,
+        (job_id, hour),
+        {},
+        reply_to=app.thread_oid,
+        **lineage,
+        ignore_result=True,
+        argsrepr=f"({job_id}, '{hour}')",
+        kwargsrepr="{}",
+    )
+    amqp.send_task_message(
+        producer, SLICE_TASK, message, queue=queue, routing_key=queue, retry=False, declare=[]
+    )
 
 
 @contextmanager
