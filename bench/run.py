@@ -214,7 +214,8 @@ def purge(queue: str, broker: str = "redis") -> None:
     if broker == "redis":
         client = redis.Redis.from_url(REDIS_URL)
         try:
-            client.delete(queue, f"{queue}.priority")
+            lanes = (queue, f"{queue}.priority")
+            client.delete(*lanes, *(f"_kombu.binding.{lane}" for lane in lanes))
         finally:
             client.close()
         return

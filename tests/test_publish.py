@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 import pytest
 import redis
 
+from tests.support.procs import purge_queue
 from windfarm import dispatch
 from windfarm.config import get_settings
 from windfarm.queue import SLICE_TASK, app
@@ -22,14 +23,15 @@ PER_MESSAGE_PROPERTIES = {"correlation_id", "delivery_tag", "argsrepr"}
 
 @pytest.fixture
 def scratch_lane(monkeypatch: pytest.MonkeyPatch):
-    """A bulk lane of this test's own on the run's Redis; deleted afterwards."""
+    """A bulk lane of this test's own on the run's Redis; its keys deleted afterwards."""
     queue = f"{get_settings().etl_queue}-publish-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("ETL_QUEUE", queue)
     get_settings.cache_clear()
-    client = redis.Redis.from_url(get_settings().celery_broker_url)
+    url = get_settings().celery_broker_url
+    client = redis.Redis.from_url(url)
     yield queue, client
-    client.delete(queue)
     client.close()
+    purge_queue(url, queue)
     monkeypatch.undo()
     get_settings.cache_clear()
 
