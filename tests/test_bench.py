@@ -147,3 +147,33 @@ def test_the_wait_sampler_sees_what_a_backend_waits_for():
     assert figures["shares"] == {"Timeout:PgSleep": 1.0}
     assert 0 < figures["mean_active"] <= 1
     assert figures["samples"] > 0
+
+
+def test_callgrind_counts_what_a_process_does_and_the_same_work_alike(tmp_path):
+    """bench.instructions reads callgrind's count: a loop ten times longer costs
+    about ten times the loop's instructions, and the same run counts the same."""
+    from bench.instructions import callgrind, instructions
+
+    def count(loops: int, name: str) -> int:
+        dump = tmp_path / f"{name}.callgrind"
+        code = f"for _ in range({loops}): pass"
+        subprocess.run(
+            callgrind(dump, ["-S", "-c", code]),
+            env={**process_env(), "PYTHONHASHSEED": "0"},
+            check=True,
+            capture_output=True,
+        )
+        return instructions(dump)
+
+    base, short, again, long = (
+        count(0, "base"),
+        count(20_000, "short"),
+        count(20_000, "again"),
+        count(200_000, "long"),
+    )
+    assert abs(again - short) < 0.01 * short
+    ratio = (long - base) / (short - base)
+    assert 8 < ratio < 12, ratio
+    (tmp_path / "other.txt").write_text("not a dump\n")
+    with pytest.raises(ValueError, match="not a callgrind dump"):
+        instructions(tmp_path / "other.txt")

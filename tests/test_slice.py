@@ -516,6 +516,39 @@ def test_an_unreachable_target_is_transient(dbs, client, settings_env):
         dispose_engines()
 
 
+def test_a_target_connection_lost_mid_slice_is_transient_and_the_rerun_succeeds(dbs, client):
+    """The server ends the slice's connection between its claim and its commit
+    (the target restarted, say): the commit's error is the target unavailable,
+    nothing is written, and the next run of the slice gets a sound connection."""
+    job_id = new_job()
+    key = slice_lock_key(H10)
+
+    def drop_the_hours_connection(request: httpx.Request, n: int) -> None:
+        if n == 0:
+            engine = create_engine(dbs.target_url, poolclass=NullPool)
+            try:
+                with engine.begin() as conn:
+                    dropped = conn.scalar(
+                        text(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks "
+                            "WHERE locktype = 'advisory' AND classid = :space AND objid = :key"
+                        ),
+                        {"space": SLICE_LOCK_SPACE, "key": key},
+                    )
+            finally:
+                engine.dispose()
+            assert dropped == 1
+        return None
+
+    dropping, _ = failing_api(client, drop_the_hours_connection)
+    with pytest.raises(TargetUnavailable, match="target database"):
+        run_slice(job_id, H10, client=dropping)
+    assert slice_row(job_id, H10, *COLUMNS).state == "running"
+    assert run_slice(job_id, H10, client=dropping).state == "succeeded"
+    assert slice_row(job_id, H10, *COLUMNS).attempts == 2
+    assert_target_matches_oracle(dbs.source_url, dbs.target_url, H10, H10 + HOUR)
+
+
 def test_retry_delays_are_capped_below_what_could_pass_for_a_lost_message(settings_env):
     settings_env(ETL_RETRY_BACKOFF_MAX_S="20")
     assert retry_cap_s() == 20

@@ -56,17 +56,29 @@ def parse_hour(value: str | datetime) -> datetime:
     return hour
 
 
+def target_unavailable(exc: BaseException) -> TargetUnavailable | None:
+    """The :class:`TargetUnavailable` that ``exc`` means, if it is a lost or refused
+    database connection (or another operational error: a deadlock, a cancelled
+    statement); None for any other error."""
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)):
+        return TargetUnavailable(f"target database unavailable: {describe(exc)}")
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return TargetUnavailable(f"target database connection lost: {describe(exc)}")
+    return None
+
+
 @contextmanager
 def target_errors() -> Iterator[None]:
     """Turn a lost or refused database connection into :class:`TargetUnavailable`."""
     try:
         yield
-    except (OperationalError, InterfaceError, PoolTimeout) as exc:
-        raise TargetUnavailable(f"target database unavailable: {describe(exc)}") from exc
     except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise TargetUnavailable(f"target database connection lost: {describe(exc)}") from exc
-        raise
+        unavailable = target_unavailable(exc)
+        if unavailable is None:
+            raise
+        raise unavailable from exc
+    except PoolTimeout as exc:
+        raise TargetUnavailable(f"target database unavailable: {describe(exc)}") from exc
 
 
 def run_slice(
@@ -98,6 +110,11 @@ def run_slice(
             except (TransientError, SoftTimeLimitExceeded):
                 raise
             except Exception as exc:
+                # The connection lost mid-slice (the target restarted): the
+                # slice stays running and is retried, like a refused connection.
+                unavailable = target_unavailable(exc)
+                if unavailable is not None:
+                    raise unavailable from exc
                 log.exception("unexpected error")
                 return _fail(session, f"unexpected error: {describe(exc)}")
 

@@ -240,9 +240,10 @@ class HourSession:
         self.ended = jobs.EndedJob(*settled) if settled else None
 
     def release(self) -> None:
-        if self.locked:
+        # A connection found lost was closed: the server released its lock then.
+        if self.locked and not self.conn.invalidated:
             self.conn.exec_driver_sql(_UNLOCK_SQL, self._params)
-            self.locked = False
+        self.locked = False
 
     def _prepare(self) -> None:
         """PREPARE the slice's statements on this connection, once in its life."""
