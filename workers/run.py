@@ -72,13 +72,11 @@ def target_errors() -> Iterator[None]:
     """Turn a lost or refused database connection into :class:`TargetUnavailable`."""
     try:
         yield
-    except DBAPIError as exc:
+    except (DBAPIError, PoolTimeout) as exc:
         unavailable = target_unavailable(exc)
         if unavailable is None:
             raise
         raise unavailable from exc
-    except PoolTimeout as exc:
-        raise TargetUnavailable(f"target database unavailable: {describe(exc)}") from exc
 
 
 def run_slice(
@@ -111,7 +109,7 @@ def run_slice(
                 raise
             except Exception as exc:
                 # The connection lost mid-slice (the target restarted): the
-                # slice stays running and is retried, like a refused connection.
+                # slice is retried, like one whose connection was refused.
                 unavailable = target_unavailable(exc)
                 if unavailable is not None:
                     raise unavailable from exc
