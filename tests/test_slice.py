@@ -570,26 +570,3 @@ def test_the_app_is_configured_not_to_lose_messages():
     # A message is held unacknowledged at most a retry countdown plus a run.
     assert visibility > MAX_RETRY_DELAY_S + TASK_TIME_LIMIT_S
     assert worker_app is app and app.tasks["workers.process_slice"].acks_late
-
-
-def test_the_redis_broker_channel_builds_one_client_per_connection_pool():
-    """windfarm.broker: kombu's Redis channel, without a new client object for
-    every message's bookkeeping; a replaced pool (after a lost connection) gets
-    a client of its own."""
-    from windfarm import broker
-
-    assert app.conf.broker_url.startswith("redis://")
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        assert isinstance(channel, broker.Channel)
-        # The URL keeps its scheme (Celery's banner, Flower's broker page read it).
-        assert conn.as_uri().startswith("redis://")
-        client = channel._create_client()
-        assert channel._create_client() is client
-        assert client.connection_pool is channel.pool and client.ping()
-        with channel.conn_or_acquire() as acquired:
-            assert acquired is client
-        channel._disconnect_pools()  # what kombu does when the connection is lost
-        renewed = channel._create_client()
-        assert renewed is not client and renewed.connection_pool is channel.pool
-        assert renewed.ping()
