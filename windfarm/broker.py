@@ -51,9 +51,13 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 
 
 class QoS(redis.QoS):
+    """kombu's Redis QoS, its two transactions replaced by scripts; the
+    in-process part of each step is still the virtual transport's."""
+
     def append(self, message: Any, delivery_tag: str) -> None:
         if self.channel.global_keyprefix:
-            return super().append(message, delivery_tag)
+            super().append(message, delivery_tag)
+            return
         delivery = message.delivery_info
         entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         client, remember, _ = self.channel.bookkeeping()
@@ -66,7 +70,8 @@ class QoS(redis.QoS):
 
     def ack(self, delivery_tag: str) -> None:
         if self.channel.global_keyprefix:
-            return super().ack(delivery_tag)
+            super().ack(delivery_tag)
+            return
         client, _, forget = self.channel.bookkeeping()
         forget(keys=(self.unacked_index_key, self.unacked_key), args=(delivery_tag,), client=client)
         virtual.QoS.ack(self, delivery_tag)
