@@ -242,6 +242,11 @@ def test_queue_length_reads_rabbitmq_and_the_reconciler_resends_a_purged_slice(
         assert dispatch.queue_length(bulk) == 0
         hours = [datetime(2025, 12, 9, h) for h in range(7)]
         assert dispatch.publish(999_999, hours) == 7
+        # Publishing does not wait for the broker to route the messages, and
+        # queue_length asks on a connection of its own, which may overtake them.
+        until(
+            lambda: dispatch.queue_length(bulk) == 7, timeout=30, what="7 messages in the bulk lane"
+        )
         for queue, expected in [(bulk, 7), (missing, 0), (bulk, 7), (priority, 0), (bulk, 7)]:
             assert dispatch.queue_length(queue) == expected, queue
         assert rabbit.queues()[bulk] == (7, 0)
