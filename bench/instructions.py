@@ -187,13 +187,12 @@ def _node_life(stack: Stack, api_url: str, days: int) -> tuple[int, int]:
     out.mkdir()
     # Celery's own entry point, with automatic garbage collection off (see
     # run_slices); the forked pool process inherits that.
-    args = ["-c", _CELERY_WITHOUT_GC, "-A", "workers", "worker", "--pool", "prefork", "-c", "1"]
-    args += ["-n", f"callgrind-{os.getpid()}-{days}@%h", "--without-gossip", "--without-mingle"]
+    args = ["-c", _CELERY_WITHOUT_GC, *procs.worker_args(f"callgrind-{os.getpid()}-{days}@%h", 1)]
     log_path = stack.log_dir / f"node-{days}.log"
     with open(log_path, "ab") as log:
         popen = subprocess.Popen(
             # %p: a dump per process, the forked pool process's too.
-            callgrind(out / "callgrind.%p", [*args, "-l", "warning"]),
+            callgrind(out / "callgrind.%p", args),
             env={**stack.env, "ETL_METRICS_PORT": str(procs.free_port())},
             stdin=subprocess.DEVNULL,
             stdout=log,

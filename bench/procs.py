@@ -100,6 +100,14 @@ def start_api(env: dict[str, str], log_dir: Path, *, into: list[Proc], timeout: 
     raise RuntimeError(f"the API did not start:\n{proc.log()[-3000:]}")
 
 
+def worker_args(hostname: str, concurrency: int) -> list[str]:
+    """The arguments of the ``celery`` command for one benchmark worker node."""
+    return [
+        *("-A", "workers", "worker", "--pool", "prefork", "-c", str(concurrency)),
+        *("-n", hostname, "--without-gossip", "--without-mingle", "-l", "warning"),
+    ]
+
+
 def start_worker(
     env: dict[str, str],
     log_dir: Path,
@@ -114,28 +122,7 @@ def start_worker(
     hostname = f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h"
     port = free_port()
     env = {**env, "ETL_METRICS_PORT": str(port)}
-    proc = start(
-        name,
-        [
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
-            "--pool",
-            "prefork",
-            "-c",
-            str(concurrency),
-            "-n",
-            hostname,
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "warning",
-        ],
-        env,
-        log_dir,
-    )
+    proc = start(name, ["-m", "celery", *worker_args(hostname, concurrency)], env, log_dir)
     proc.metrics_port = port
     into.append(proc)
     deadline = time.monotonic() + timeout
