@@ -448,6 +448,12 @@ class Supervisor:
             os.killpg(child.pgid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.popen.wait(5)
+        # The signal is sent to the whole group at once, but each process dies
+        # when it is next scheduled: what the child forked (a worker's pool)
+        # can outlive the child's reaping by a moment on a busy machine.
+        deadline = time.monotonic() + 2
+        while group_alive(child.pgid) and time.monotonic() < deadline:
+            time.sleep(0.02)
         deadline = time.monotonic() + 2
         while not child.eof and time.monotonic() < deadline:
             self._dispatch(0.1)
@@ -493,6 +499,20 @@ class Supervisor:
         self.selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is alive. A zombie counts as dead: it
+    only waits to be reaped, and an orphan's reaper (PID 1 of a container) may
+    never do it. Without ``/proc`` nothing is known, and nothing is waited for."""
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(group) == pgid and state not in ("Z", "X"):
+            return True
+    return False
 
 
 def make_is_stopping(pid: int) -> bool:
