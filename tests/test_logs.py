@@ -13,6 +13,7 @@ import sys
 import time
 from datetime import date
 
+import httpx
 import pytest
 
 from tests.support.jobs import post_job
@@ -187,6 +188,23 @@ def test_every_line_of_a_job_is_json_with_the_slice_fields(fresh_dbs, metrics_ap
     assert (stored["job_id"], stored["slices_total"]) == (job_id, 24)
     posted = [r for r in records if r["logger"] == "uvicorn.access" and r.get("path") == "/jobs"]
     assert [(r["method"], r["status"]) for r in posted] == [("POST", 202)]
+
+
+def test_the_served_api_logs_an_access_line_for_errors_only_above_debug(fresh_dbs, api_factory):
+    api = api_factory(LOG_FORMAT="json", LOG_LEVEL="INFO")
+    start = len(api.log())
+    day = {"start": "2025-12-05T00:00:00", "end": "2025-12-05T00:59:00"}
+    assert httpx.get(f"{api.url}/data", params=day).status_code == 200
+    assert httpx.get(f"{api.url}/data", params={"start": "yesterday"}).status_code == 422
+    assert httpx.get(f"{api.url}/data", params=day).status_code == 200
+    time.sleep(0.3)
+
+    access = [r for r in parsed(api, start) if r["logger"] == "uvicorn.access"]
+    assert [(r["method"], r["path"], r["status"], r["level"]) for r in access] == [
+        ("GET", "/data?start=yesterday", 422, "INFO")
+    ]
+    # The line is uvicorn's own, as if no proxy stood between.
+    assert access[0]["message"].endswith('"GET /data?start=yesterday HTTP/1.1" 422')
 
 
 def test_a_ten_day_backfill_at_info_logs_a_few_lines(fresh_dbs, metrics_api, worker_factory):

@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
 from tests.support.databases import Databases
@@ -22,7 +22,7 @@ from tests.support.jobs import slice_row
 from tests.support.oracle import actual_rows, assert_target_matches_oracle
 from windfarm import jobs
 from windfarm.config import get_settings
-from windfarm.db import dispose_engines, target_engine
+from windfarm.db import dispose_engines, first_row, target_engine
 from windfarm.queue import MAX_RETRY_DELAY_S, TASK_TIME_LIMIT_S, VISIBILITY_TIMEOUT_S, app
 from windfarm.timeutil import HOUR, day_hours
 from workers.celery_app import app as worker_app
@@ -547,6 +547,30 @@ def test_a_target_connection_lost_mid_slice_is_transient_and_the_rerun_succeeds(
     assert run_slice(job_id, H10, client=dropping).state == "succeeded"
     assert slice_row(job_id, H10, *COLUMNS).attempts == 2
     assert_target_matches_oracle(dbs.source_url, dbs.target_url, H10, H10 + HOUR)
+
+
+def test_a_batch_on_the_bare_cursor_raises_and_invalidates_as_sqlalchemy_would(dbs):
+    """``windfarm.db.first_row``, which the slice's batches use instead of
+    ``exec_driver_sql``: the first row of the batch's last statement, SQLAlchemy's
+    own errors, and a connection the server ended is invalidated (not pooled)."""
+    engine = create_engine(dbs.target_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            assert first_row(conn, "SELECT 1; SELECT %(a)s, %(b)s", {"a": 2, "b": "x"}) == (2, "x")
+            assert first_row(conn, "SET application_name TO 'first-row'", {}) is None
+            with pytest.raises(ProgrammingError) as bad:
+                first_row(conn, "SELECT no_such_column FROM etl_job", {})
+            assert not bad.value.connection_invalidated and not conn.invalidated
+            assert first_row(conn, "SELECT 3", {}) == (3,)  # still sound
+
+            pid = first_row(conn, "SELECT pg_backend_pid()", {})[0]
+            with engine.connect() as other:
+                other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            with pytest.raises(OperationalError) as lost:
+                first_row(conn, "SELECT 4", {})
+            assert lost.value.connection_invalidated and conn.invalidated
+    finally:
+        engine.dispose()
 
 
 def test_retry_delays_are_capped_below_what_could_pass_for_a_lost_message(settings_env):

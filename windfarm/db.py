@@ -8,8 +8,9 @@ by process id, so a child builds its own on first use.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
@@ -80,6 +81,40 @@ def read_with_retry(engine: Engine, read: Callable[[Connection], T]) -> T:
             raise
     with engine.connect() as conn:
         return read(conn)
+
+
+def first_row(conn: Connection, sql: str, params: Mapping[str, Any]) -> tuple | None:
+    """``conn.exec_driver_sql(sql, params).first()``, without the result object.
+
+    For the workers' per-slice batches: SQLAlchemy builds a result (and its
+    column metadata) around every statement, which costs about as much
+    client CPU as the round trip itself. The statement runs on the DBAPI
+    cursor of ``conn``; an error is raised as ``exec_driver_sql`` raises it
+    (SQLAlchemy's own ``DBAPIError`` subclass, ``connection_invalidated``
+    set when the connection died), and a dead connection is invalidated, so
+    the pool never hands it out again.
+    """
+    dbapi_conn = conn.connection.dbapi_connection
+    assert dbapi_conn is not None
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(sql, params)
+        return cursor.fetchone() if cursor.description is not None else None
+    except conn.dialect.loaded_dbapi.Error as exc:
+        dead = conn.dialect.is_disconnect(exc, dbapi_conn, cursor)
+        if dead:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql,
+            params,
+            exc,
+            conn.dialect.loaded_dbapi.Error,
+            connection_invalidated=dead,
+            dialect=conn.dialect,
+        ) from exc
+    finally:
+        with suppress(Exception):  # a cursor of a connection that died may refuse to close
+            cursor.close()
 
 
 def reachable(engine: Engine) -> bool:

@@ -224,10 +224,15 @@ def _debug_enabled() -> bool:
     )
 
 
+def access_line_wanted(status: object) -> bool:
+    """Whether an access line for an answer of ``status`` is logged: 400 and above
+    always, the others only at DEBUG (their counts and latencies are on ``/metrics``)."""
+    return not isinstance(status, int) or status >= 400 or _debug_enabled()
+
+
 class _AccessFilter(logging.Filter):
-    """uvicorn's access log: answers of 400 and above always, the others only at
-    DEBUG (their counts and latencies are on ``/metrics``). In JSON, the request's
-    ``method``, ``path`` and ``status`` become keys."""
+    """uvicorn's access log: the lines :func:`access_line_wanted` wants. In JSON,
+    the request's ``method``, ``path`` and ``status`` become keys."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
@@ -235,7 +240,7 @@ class _AccessFilter(logging.Filter):
             return True  # not uvicorn's access line as we know it: let it through
         _, method, path, _, status = args
         record.method, record.path, record.status = method, path, status
-        return not isinstance(status, int) or status >= 400 or _debug_enabled()
+        return access_line_wanted(status)
 
 
 class _NoSuccessLines(logging.Filter):

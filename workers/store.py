@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from windfarm import jobs
-from windfarm.db import autocommit
+from windfarm.db import autocommit, first_row
 from windfarm.timeutil import HOUR
 from workers.errors import EtlError
 from workers.stats import StatRow
@@ -207,7 +207,7 @@ class HourSession:
     def claim(self) -> jobs.Claim | None:
         """Wait for the hour, then claim the slice (see ``jobs.CLAIM_SQL``)."""
         self._prepare()
-        row = self.conn.exec_driver_sql(_CLAIM_BATCH, self._params).first()
+        row = first_row(self.conn, _CLAIM_BATCH, self._params)
         self.locked = True
         return jobs.Claim(*row) if row else None
 
@@ -228,7 +228,7 @@ class HourSession:
             **_rows_params(self.hour, rows, ids),
             "values_ignored": values_ignored,
         }
-        settled = self.conn.exec_driver_sql(_COMMIT_BATCH, params).first()
+        settled = first_row(self.conn, _COMMIT_BATCH, params)
         self.locked = False
         self.ended = jobs.EndedJob(*settled) if settled else None
         return params["rows_written"]
@@ -236,13 +236,13 @@ class HourSession:
     def fail(self, message: str) -> None:
         """Mark the slice failed for good (if still open) and settle its job."""
         params = {**self._params, "message": message}
-        settled = self.conn.exec_driver_sql(_FAIL_BATCH, params).first()
+        settled = first_row(self.conn, _FAIL_BATCH, params)
         self.ended = jobs.EndedJob(*settled) if settled else None
 
     def release(self) -> None:
         # A connection found lost was closed: the server released its lock then.
         if self.locked and not self.conn.invalidated:
-            self.conn.exec_driver_sql(_UNLOCK_SQL, self._params)
+            first_row(self.conn, _UNLOCK_SQL, self._params)
         self.locked = False
 
     def _prepare(self) -> None:
