@@ -165,6 +165,8 @@ def test_requests_are_counted_by_route_template_and_status(dbs):
         client.get("/jobs/999998")
         client.get("/health")
         client.get("/metrics")
+        client.get("/no/such/route")
+        client.delete("/health")  # the route matches, its method does not: 405
         text_ = client.get("/metrics").text
         assert "/metrics" not in client.get("/openapi.json").json()["paths"]
     samples = {
@@ -184,6 +186,12 @@ def test_requests_are_counted_by_route_template_and_status(dbs):
         == 2
     )
     assert not any(dict(labels).get("handler") == "/metrics" for _, labels in samples)
+    # A path no route holds counts under one name, not under itself.
+    assert value(samples, "http_requests_total", handler="none", method="GET", status="4xx") == 1
+    assert not any("/no/such" in dict(labels).get("handler", "") for _, labels in samples)
+    assert (
+        value(samples, "http_requests_total", handler="/health", method="DELETE", status="4xx") == 1
+    )
 
 
 def test_recording_does_nothing_where_no_metrics_are_served():
