@@ -5,23 +5,23 @@ from __future__ import annotations
 from datetime import date, datetime
 from functools import lru_cache
 
-from sqlalchemy import Connection, TextClause, text
+from sqlalchemy import Connection, text
 
+from windfarm.db import first_row
 from windfarm.vocabulary import VARIABLES
 
 
 @lru_cache
-def _rows_query(variables: tuple[str, ...]) -> TextClause:
+def _rows_query(variables: tuple[str, ...]) -> str:
     # PostgreSQL builds the JSON itself: one text value crosses the wire and
     # Python never touches a row. Aggregating whole rows is about a third
     # cheaper than json_build_object per row. Column names come from the
-    # closed set VARIABLES, checked below.
+    # closed set VARIABLES, checked below. Driver-level SQL (psycopg2
+    # parameters), run without a result object: see windfarm.db.first_row.
     columns = ", ".join(variables)
-    return text(
-        f"""SELECT coalesce(json_agg(d ORDER BY "timestamp"), '[]')::text
+    return f"""SELECT coalesce(json_agg(d ORDER BY "timestamp"), '[]')::text
             FROM (SELECT "timestamp", {columns} FROM data
-                  WHERE "timestamp" BETWEEN :start AND :end) d"""
-    )
+                  WHERE "timestamp" BETWEEN %(start)s AND %(end)s) d"""
 
 
 def rows_json(conn: Connection, start: datetime, end: datetime, variables: set[str]) -> str:
@@ -31,7 +31,9 @@ def rows_json(conn: Connection, start: datetime, end: datetime, variables: set[s
     chosen = tuple(name for name in VARIABLES if name in variables)
     if not chosen or len(chosen) != len(variables):
         raise ValueError(f"variables must be some of {', '.join(VARIABLES)}")
-    return conn.scalar(_rows_query(chosen), {"start": start, "end": end})
+    row = first_row(conn, _rows_query(chosen), {"start": start, "end": end})
+    assert row is not None  # an aggregate always has its row
+    return row[0]
 
 
 # Both ends come from the primary-key index: two index lookups, no scan.
