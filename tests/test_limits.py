@@ -40,6 +40,7 @@ from api.limits import (
     estimate_data_bytes,
 )
 from api.seed_source import seed
+from api.serve import HeadWithBody
 from tests.support.databases import Databases
 from tests.support.procs import Proc, Tracker, process_env, serve
 
@@ -368,6 +369,80 @@ def test_api_serve_refuses_a_request_head_over_its_bound(dbs, servers):
         status, _, _ = read_answer(sock)
     assert status == 431
     assert httpx.get(f"{api.url}/health", timeout=5).status_code == 200
+
+
+def _until_blank_line(sock: socket.socket) -> bytes:
+    """Bytes up to and including the end of one response head."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed after {data!r}"
+        data += chunk
+    return data
+
+
+def test_api_serve_answers_heads_bodies_and_interim_answers_on_one_connection(dbs, servers):
+    """api.serve writes a response's head together with its body: a HEAD's head,
+    which no body follows, and an interim 100 Continue still leave on time."""
+    api = servers(API_SERVE)
+    with socket.create_connection(("127.0.0.1", port_of(api))) as sock:
+        sock.settimeout(10)
+        sock.sendall(b"HEAD /health HTTP/1.1\r\nHost: api\r\n\r\n")
+        head = _until_blank_line(sock)
+        assert head.startswith(b"HTTP/1.1 405 ") and head.endswith(b"\r\n\r\n")
+
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: api\r\n\r\n")
+        answer = _until_blank_line(sock)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200 ") and json.loads(body)["status"] == "ok"
+
+        sent = b'{"date": "not a date"}'
+        sock.sendall(
+            b"POST /jobs HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: " + str(len(sent)).encode() + b"\r\n\r\n"
+        )
+        assert _until_blank_line(sock) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(sent)
+        assert _until_blank_line(sock).startswith(b"HTTP/1.1 422 ")
+
+
+def test_a_response_head_leaves_with_the_first_part_of_its_body():
+    class Recorder:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        def close(self) -> None:
+            self.closed = True
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+    transport = Recorder()
+    held = HeadWithBody(transport)  # type: ignore[arg-type]
+    held.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # interim: at once
+    held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    held.write(b"body")
+    held.write(b"more")
+    assert transport.writes[1:] == [b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody", b"more"]
+    assert held.get_write_buffer_size() == 0  # everything else is the transport's own
+
+    transport = Recorder()
+    held = HeadWithBody(transport)  # type: ignore[arg-type]
+    held.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")  # a HEAD's: no body follows
+    held.flush()
+    held.flush()
+    assert transport.writes == [b"HTTP/1.1 405 Method Not Allowed\r\n\r\n"]
+    held.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    held.close()
+    assert transport.writes[1:] == [b"HTTP/1.1 200 OK\r\n\r\n"] and transport.closed
 
 
 # --- the middleware alone, in process --------------------------------------------------
