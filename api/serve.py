@@ -82,6 +82,9 @@ class AccessLog:
         if access_line_wanted(args[-1] if args else None):
             self.logger.info(msg, *args, stacklevel=2)
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.logger, name)
+
 
 class HeadWithBody:
     """The transport as one request's cycle sees it: the response's head waits

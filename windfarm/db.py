@@ -86,9 +86,10 @@ def read_with_retry(engine: Engine, read: Callable[[Connection], T]) -> T:
 def first_row(conn: Connection, sql: str, params: Mapping[str, Any]) -> tuple | None:
     """``conn.exec_driver_sql(sql, params).first()``, without the result object.
 
-    For the workers' per-slice batches: SQLAlchemy builds a result (and its
-    column metadata) around every statement, which costs about as much
-    client CPU as the round trip itself. The statement runs on the DBAPI
+    For the statements every slice runs (its batches in the worker, its read
+    in the API): SQLAlchemy builds a result (and its column metadata) around
+    every statement, which costs about as much client CPU as the round trip
+    itself. The statement runs on the DBAPI
     cursor of ``conn``; an error is raised as ``exec_driver_sql`` raises it
     (SQLAlchemy's own ``DBAPIError`` subclass, ``connection_invalidated``
     set when the connection died), and a dead connection is invalidated, so
