@@ -251,6 +251,7 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
     engine = create_engine(stack.target_url, poolclass=NullPool)
     nodes = [p for p in stack.procs if p.name.startswith("worker")]
     cpu_before, calls_before = stack.cpu(), broker_calls(stack.broker)
+    cores_before = serial.core_times()
     phases_before = procs.phase_totals(nodes)
     waits = serial.WaitSampler(f"{PG_URL}/postgres", stack.databases()).start()
     with httpx.Client(base_url=api_url, timeout=120) as client:
@@ -270,6 +271,7 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
                 time.sleep(0.02)
         wall = time.perf_counter() - began
         cpu_after, calls_after = stack.cpu(), broker_calls(stack.broker)
+        cores = serial.core_shares(cores_before, serial.core_times())
         postgres_waits = waits.stop()
         final = client.get(f"/jobs/{job_id}").json()
     phases_after = procs.phase_totals(nodes)
@@ -326,6 +328,8 @@ def run_backfill(stack: Stack, api_url: str, *, days: int | None = None) -> dict
         "busiest": serial.busiest(
             spent, wall_s=wall, slices_per_s=slices / wall, broker=stack.broker
         ),
+        # What the machine's cores did meanwhile (/proc/stat).
+        "core_shares": cores,
         # Backend time per slice: on CPU or waiting, whatever for.
         "postgres_ms_per_slice": postgres_waits["mean_active"] * wall * 1000 / slices,
         "postgres_waits": postgres_waits,
@@ -518,9 +522,13 @@ def print_table(figures: dict) -> None:
     print()
 
 
+CORE_KINDS = ("user", "system", "idle", "steal")
+
+
 def print_serial(runs: list[dict]) -> None:
     """The serial limits (bench/serial.py): the busiest single-threaded process of
-    each component, and what PostgreSQL's backends spent per slice and on what."""
+    each component, what the machine's cores did, and what PostgreSQL's backends
+    spent per slice and on what."""
     print()
     print(
         f"{'busiest process, % of a core':<28}"
@@ -536,6 +544,17 @@ def print_serial(runs: list[dict]) -> None:
                 f"{found['core_share']:>6.0%} ({found['full_at']:>6,.0f})" if found else "-"
             )
         print(f"{label:<28}" + "".join(f"{cell:>16}" for cell in cells))
+    print()
+    print(f"{'cores during the run':<28}" + "".join(f"{kind:>9}" for kind in CORE_KINDS))
+    for run in runs:
+        label = f"{run['broker']}, {run['nodes']} node(s), {run['workers']} proc(s)"
+        shares = run.get("core_shares") or {}
+        print(
+            f"{label:<28}"
+            + "".join(
+                f"{shares[kind]:>9.0%}" if kind in shares else f"{'-':>9}" for kind in CORE_KINDS
+            )
+        )
     print()
     print(f"{'PostgreSQL per slice':<28}{'ms':>7}{'active':>8}{'on CPU':>8}  most waited for")
     for run in runs:

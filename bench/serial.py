@@ -9,6 +9,10 @@ full. Two figures show which part fills first:
   would be full (the run's rate divided by that share). A component whose
   ceiling is near the run's rate is the serial limit; more worker processes
   cannot pass it, more instances of that component can.
+- :func:`core_shares`: what the machine's cores did meanwhile (user, system,
+  idle, stolen by the host), from ``/proc/stat``. Idle cores while slices
+  wait mean that the work is not CPU-bound: something hands slices over
+  too slowly, or makes them wait on each other.
 - :class:`WaitSampler`: what the benchmark's PostgreSQL backends are doing,
   sampled from ``pg_stat_activity`` while the run lasts: on CPU, or waiting
   for a lock (a hot row, the hour's advisory lock, a buffer or WAL lock) or
@@ -22,6 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -55,6 +60,40 @@ def busiest(
             "full_at": slices_per_s / share if share > 0 else float("inf"),
         }
     return figures
+
+
+# /proc/stat's first line: the machine's CPU time by kind, in clock ticks.
+_KINDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+_SHOWN = {
+    "user": ("user", "nice"),
+    "system": ("system", "irq", "softirq"),
+    "idle": ("idle", "iowait"),
+    "steal": ("steal",),
+}
+
+
+def core_times(stat: str | None = None) -> dict[str, int] | None:
+    """The machine's CPU time so far by kind (``/proc/stat``, or its text
+    ``stat``); None where there is none."""
+    if stat is None:
+        try:
+            stat = Path("/proc/stat").read_text()
+        except OSError:
+            return None
+    fields = stat.split("\n", 1)[0].split()
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = dict(zip(_KINDS, (int(f) for f in fields[1:]), strict=False))
+    return {kind: sum(ticks.get(k, 0) for k in parts) for kind, parts in _SHOWN.items()}
+
+
+def core_shares(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, float]:
+    """The share of the cores' time each kind took between two :func:`core_times`."""
+    if before is None or after is None:
+        return {}
+    spent = {kind: after[kind] - before[kind] for kind in _SHOWN}
+    total = sum(spent.values())
+    return {kind: ticks / total for kind, ticks in spent.items()} if total > 0 else {}
 
 
 class WaitSampler:

@@ -127,6 +127,26 @@ def test_the_busiest_single_threaded_process_and_where_it_would_be_full():
     assert "broker" not in busiest(spent, wall_s=10.0, slices_per_s=400.0, broker="amqp")
 
 
+def test_what_the_cores_did_between_two_readings_of_proc_stat():
+    from bench.serial import core_shares, core_times
+
+    #           user nice system idle iowait irq softirq steal guest guest_nice
+    before = core_times("cpu  100 0 20 300 0 0 0 0 0 0\ncpu0 50 0 10 150 0 0 0 0 0 0\n")
+    after = core_times("cpu  160 10 40 350 10 5 5 20 0 0\ncpu0 80 5 20 175 5 2 3 10 0 0\n")
+    assert before == {"user": 100, "system": 20, "idle": 300, "steal": 0}
+    # user 70 (nice counts), system 30 (irq, softirq count), idle 60 (iowait counts), steal 20
+    assert core_shares(before, after) == {
+        "user": 70 / 180,
+        "system": 30 / 180,
+        "idle": 60 / 180,
+        "steal": 20 / 180,
+    }
+    assert core_times("no such line") is None and core_shares(None, after) == {}
+    assert core_shares(after, after) == {}  # no time passed
+    now = core_times()  # this machine's own
+    assert now is not None and now["idle"] >= 0 and sum(now.values()) > 0
+
+
 def test_the_wait_sampler_sees_what_a_backend_waits_for():
     from bench.serial import WaitSampler
     from windfarm.db import drop_database, ensure_database
