@@ -450,6 +450,11 @@ def machine() -> dict:
     }
 
 
+def run_label(run: dict) -> str:
+    """A run's name in the tables: its broker and layout."""
+    return f"{run['broker']}, {run['nodes']} node(s), {run['workers']} proc(s)"
+
+
 def print_table(figures: dict) -> None:
     print()
     print(
@@ -466,7 +471,7 @@ def print_table(figures: dict) -> None:
         f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'wait p50':>10}{'warm-up s':>11}"
     )
     for run in figures["backfills"]:
-        label = f"{run['broker']}, {run['nodes']} node(s), {run['workers']} proc(s)"
+        label = run_label(run)
         print(
             f"{label:<28}{run['wall_s']:>9.2f}"
             f"{run['slices_per_s']:>10.0f}{run['source_rows_per_s']:>11.0f}"
@@ -479,7 +484,7 @@ def print_table(figures: dict) -> None:
     print(f"{'phase ms per slice (wall)':<28}{'fetch':>9}{'compute':>9}{'write':>9}")
     for run in figures["backfills"]:
         phase = run.get("phase_ms") or {}
-        label = f"{run['broker']}, {run['nodes']} node(s), {run['workers']} proc(s)"
+        label = run_label(run)
         print(
             f"{label:<28}"
             + "".join(
@@ -493,7 +498,7 @@ def print_table(figures: dict) -> None:
     )
     for run in figures["backfills"]:
         cpu = run["cpu_ms_per_slice"]
-        label = f"{run['broker']}, {run['nodes']} node(s), {run['workers']} proc(s)"
+        label = run_label(run)
         commands = run["redis_commands_per_slice"]
         print(
             f"{label:<28}{cpu['api']:>9.2f}{cpu['consumer']:>9.2f}{cpu['pool']:>9.2f}"
@@ -536,7 +541,7 @@ def print_serial(runs: list[dict]) -> None:
     )
     print(f"{'  (full at slices/s)':<28}")
     for run in runs:
-        label = f"{run['broker']}, {run['nodes']} node(s), {run['workers']} proc(s)"
+        label = run_label(run)
         cells = []
         for part in serial.SINGLE_THREADED:
             found = run["busiest"].get(part)
@@ -547,7 +552,7 @@ def print_serial(runs: list[dict]) -> None:
     print()
     print(f"{'cores during the run':<28}" + "".join(f"{kind:>9}" for kind in CORE_KINDS))
     for run in runs:
-        label = f"{run['broker']}, {run['nodes']} node(s), {run['workers']} proc(s)"
+        label = run_label(run)
         shares = run.get("core_shares") or {}
         print(
             f"{label:<28}"
@@ -558,7 +563,7 @@ def print_serial(runs: list[dict]) -> None:
     print()
     print(f"{'PostgreSQL per slice':<28}{'ms':>7}{'active':>8}{'on CPU':>8}  most waited for")
     for run in runs:
-        label = f"{run['broker']}, {run['nodes']} node(s), {run['workers']} proc(s)"
+        label = run_label(run)
         waits = run["postgres_waits"]
         shares = dict(waits["shares"])
         on_cpu = shares.pop(serial.ON_CPU, 0.0)

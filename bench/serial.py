@@ -1,7 +1,7 @@
 """Where a benchmark run's serial limits are, measured while it lasts.
 
 Adding worker processes helps only while no single part of the stack is
-full. Two figures show which part fills first:
+full. Three figures show which part fills first:
 
 - :func:`busiest`: for each component that runs as single-threaded processes
   (each API process, each worker node's consumer, Redis), the share of one
