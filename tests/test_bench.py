@@ -154,17 +154,19 @@ def test_the_wait_sampler_sees_what_a_backend_waits_for():
     name = f"wf_sampler_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     ensure_database(f"{PG_URL}/{name}")
     try:
-        sampler = WaitSampler(f"{PG_URL}/postgres", [name], every_s=0.01).start()
         engine = create_engine(f"{PG_URL}/{name}", poolclass=NullPool)
         with engine.connect() as conn:
+            sampler = WaitSampler(f"{PG_URL}/postgres", [name], every_s=0.01).start()
             conn.execute(text("SELECT pg_sleep(0.5)"))
+            figures = sampler.stop()
         engine.dispose()
-        figures = sampler.stop()
         assert sampler.backend_pid is not None
     finally:
         drop_database(f"{PG_URL}/{name}")
-    # The one backend of the database, asleep whenever it was seen.
-    assert figures["shares"] == {"Timeout:PgSleep": 1.0}
+    # The one backend of the database, asleep nearly whenever it was seen: a
+    # sample can catch it on CPU as the statement starts or ends.
+    assert set(figures["shares"]) <= {"Timeout:PgSleep", "CPU"}
+    assert figures["shares"]["Timeout:PgSleep"] >= 0.8
     assert 0 < figures["mean_active"] <= 1
     assert figures["samples"] > 0
 
