@@ -12,12 +12,15 @@
    (API, workers, Redis, PostgreSQL, read from /proc) and the Redis commands
    per slice. Each run first runs a one-day job that is not measured: the
    figures are those of running workers, not of their first connections.
-4. Measures ``GET /data`` for one hour and one day: sequential p50/p99 and
+4. Runs the same days through the original brief's ETL (``bench/brief_etl.py``:
+   pandas, a day per request, one process) into a database of its own, and
+   checks that its statistics are the pipeline's.
+5. Measures ``GET /data`` for one hour and one day: sequential p50/p99 and
    requests/s with concurrent clients.
-5. Measures the bookkeeping reads over about a million slice rows
+6. Measures the bookkeeping reads over about a million slice rows
    (``bench/bookkeeping.py``).
-6. Runs the same days through ``python -m workers.etl`` in one process.
-7. Checks the target against PostgreSQL's own aggregation, prints tables and
+7. Runs the same days through ``python -m workers.etl`` in one process.
+8. Checks the target against PostgreSQL's own aggregation, prints tables and
    writes the figures as JSON, with an SVG chart of throughput against worker
    processes; drops its databases and queues, also when stopped by Ctrl-C or
    SIGTERM.
@@ -30,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import resource
 import signal
 import subprocess
 import sys
@@ -81,6 +86,7 @@ class Stack:
         run = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
         self.source_url = f"{PG_URL}/wf_bench_{run}_source"
         self.target_url = f"{PG_URL}/wf_bench_{run}_target"
+        self.brief_url = f"{PG_URL}/wf_bench_{run}_brief"
         self.queue = f"etl-bench-{run}"
         self.days = days
         self.procs: list = []
@@ -207,6 +213,7 @@ class Stack:
         dispose_engines()
         drop_database(self.source_url)
         drop_database(self.target_url)
+        drop_database(self.brief_url)
 
 
 def purge(queue: str, broker: str = "redis") -> None:
@@ -409,26 +416,95 @@ def _hammer(api_url: str, params: dict, *, clients: int, seconds: float) -> tupl
 def run_cli(stack: Stack) -> dict:
     """The same days through ``python -m workers.etl`` in one process."""
     stack.reset_target()
+    return run_one_process(stack, "workers.etl", stack.env)
+
+
+def run_brief(stack: Stack) -> dict:
+    """The same days through the brief's ETL (bench/brief_etl.py) into a database
+    of its own; its statistics must be the pipeline's (the target's now)."""
+    from windfarm.db import ensure_database
+
+    ensure_database(stack.brief_url)
+    figures = run_one_process(
+        stack, "bench.brief_etl", {**stack.env, "BRIEF_DATABASE_URL": stack.brief_url}
+    )
+    rows, differing = compare_statistics(stack.target_url, stack.brief_url)
+    if differing:
+        raise RuntimeError(
+            f"the brief's ETL and the pipeline disagree on {differing} of {rows} statistics"
+        )
+    return {**figures, "rows": rows}
+
+
+def run_one_process(stack: Stack, module: str, env: dict[str, str]) -> dict:
+    """``python -m module`` over the benchmark's days: its wall time, start-up
+    included, and the CPU it, the API and PostgreSQL spent per slice."""
+    cpu_before, own_before = stack.cpu(), _children_cpu_s()
     began = time.perf_counter()
     result = subprocess.run(
         [
             sys.executable,
             "-m",
-            "workers.etl",
+            module,
             "--start",
             FIRST_DAY.isoformat(),
             "--end",
             stack.last_day.isoformat(),
         ],
-        env=stack.env,
+        env=env,
         capture_output=True,
         text=True,
         timeout=3600,
     )
     wall = time.perf_counter() - began
     if result.returncode != 0:
-        raise RuntimeError(f"workers.etl failed: {result.stderr[-2000:]}")
-    return {"wall_s": wall, "slices_per_s": 24 * stack.days / wall}
+        raise RuntimeError(f"{module} failed: {result.stderr[-2000:]}")
+    cpu_after, own_after = stack.cpu(), _children_cpu_s()
+    slices = 24 * stack.days
+
+    def spent_ms(part: str) -> float:
+        seconds = cpu_after[part]
+        return 1000 * sum(s - cpu_before[part].get(pid, 0.0) for pid, s in seconds.items()) / slices
+
+    return {
+        "wall_s": wall,
+        "slices_per_s": slices / wall,
+        "cpu_ms_per_slice": {
+            "api": spent_ms("api"),
+            "process": 1000 * (own_after - own_before) / slices,
+            "postgresql": spent_ms("postgresql"),
+        },
+    }
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's children that have ended and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def compare_statistics(url: str, other_url: str) -> tuple[int, int]:
+    """Rows of ``url``'s ``data`` and how many of them ``other_url`` lacks or holds
+    with another value (beyond float rounding); rows only ``other_url`` has
+    count too."""
+    sql = text(
+        'SELECT d."timestamp", s.name, d.value FROM data d JOIN signal s ON s.id = d.signal_id'
+    )
+    tables = []
+    for each in (url, other_url):
+        engine = create_engine(each, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                tables.append({(ts, name): value for ts, name, value in conn.execute(sql)})
+        finally:
+            engine.dispose()
+    mine, theirs = tables
+    differing = sum(
+        1
+        for key, value in mine.items()
+        if key not in theirs or not math.isclose(value, theirs[key], rel_tol=1e-9, abs_tol=1e-9)
+    )
+    return len(mine), differing + len(theirs.keys() - mine.keys())
 
 
 def machine() -> dict:
@@ -480,6 +556,12 @@ def print_table(figures: dict) -> None:
         )
     if cli := figures.get("cli"):
         print(f"{'workers.etl, one process':<28}{cli['wall_s']:>9.2f}{cli['slices_per_s']:>10.0f}")
+    if brief := figures.get("brief"):
+        print(
+            f"{'brief ETL, pandas, by day':<28}"
+            f"{brief['wall_s']:>9.2f}{brief['slices_per_s']:>10.0f}"
+        )
+    print_speedups(figures)
     print()
     print(f"{'phase ms per slice (wall)':<28}{'fetch':>9}{'compute':>9}{'write':>9}")
     for run in figures["backfills"]:
@@ -506,6 +588,16 @@ def print_table(figures: dict) -> None:
             f"{cpu['postgresql']:>9.2f}{sum(cpu.values()):>9.2f}"
             f"{'' if commands is None else format(commands, '.1f'):>12}"
         )
+    one_process = (("cli", "workers.etl, one process"), ("brief", "brief ETL, pandas, by day"))
+    for key, name in one_process:
+        if one := figures.get(key):
+            cpu = one["cpu_ms_per_slice"]
+            print(
+                f"{name:<28}{cpu['api']:>9.2f}{'-':>9}{cpu['process']:>9.2f}{'-':>9}"
+                f"{cpu['postgresql']:>9.2f}{sum(cpu.values()):>9.2f}"
+            )
+    if any(figures.get(key) for key, _ in one_process):
+        print("  (a one-process run's own CPU is under pool)")
     print_serial(figures["backfills"])
     print()
     print(f"{'GET /data':<12}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}  (concurrent clients)")
@@ -528,6 +620,24 @@ def print_table(figures: dict) -> None:
 
 
 CORE_KINDS = ("user", "system", "idle", "steal")
+
+
+def print_speedups(figures: dict) -> None:
+    """Each run's speed against the one-process runs of the same days."""
+    yardsticks = [
+        (name, figures[key]["wall_s"])
+        for key, name in (("brief", "brief ETL"), ("cli", "workers.etl"))
+        if figures.get(key)
+    ]
+    if not yardsticks:
+        return
+    print()
+    print(f"{'times as fast as':<28}" + "".join(f"{name:>13}" for name, _ in yardsticks))
+    for run in figures["backfills"]:
+        print(
+            f"{run_label(run):<28}"
+            + "".join(f"{wall / run['wall_s']:>12.2f}x" for _, wall in yardsticks)
+        )
 
 
 def print_serial(runs: list[dict]) -> None:
@@ -703,6 +813,12 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the one-process comparison (or BENCH_NO_CLI=1)",
     )
     parser.add_argument(
+        "--no-brief",
+        action="store_true",
+        default=bool(os.environ.get("BENCH_NO_BRIEF")),
+        help="skip the brief's ETL, pandas a day at a time (or BENCH_NO_BRIEF=1)",
+    )
+    parser.add_argument(
         "--no-bookkeeping",
         action="store_true",
         default=bool(os.environ.get("BENCH_NO_BOOKKEEPING")),
@@ -740,6 +856,8 @@ def main(argv: list[str] | None = None) -> int:
                 figures["backfills"].append(
                     measure_backfill(stack, api.url, nodes=nodes, count=count, expected=expected)
                 )
+        if not args.no_brief:
+            figures["brief"] = run_brief(stack)
         figures["data_api"] = bench_data(api.url, requests=300, clients=args.clients, seconds=3)
         if not args.no_bookkeeping:
             figures["bookkeeping"] = stack.bookkeeping(api.url)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from tests.support.databases import PG_URL
+from tests.support.oracle import assert_target_matches_oracle
 from tests.support.procs import REPO, process_env
 from tests.support.waiting import poll, until
+from windfarm.db import drop_database, ensure_database
 
 pytestmark = pytest.mark.slow
 
@@ -199,3 +202,63 @@ def test_callgrind_counts_what_a_process_does_and_the_same_work_alike(tmp_path):
     (tmp_path / "other.txt").write_text("not a dump\n")
     with pytest.raises(ValueError, match="not a callgrind dump"):
         instructions(tmp_path / "other.txt")
+
+
+def test_the_briefs_etl_writes_the_oracles_statistics_and_a_second_run_changes_nothing(
+    client, current_dbs
+):
+    from bench import brief_etl
+    from bench.run import compare_statistics
+
+    url = f"{PG_URL}/wf_test_{uuid.uuid4().hex[:8]}_brief"
+    ensure_database(url)
+    try:
+        first, last = date(2025, 12, 1), date(2025, 12, 2)
+        span = (datetime(2025, 12, 1), datetime(2025, 12, 3))
+        written = brief_etl.run(client, url, first, last)
+        assert written == assert_target_matches_oracle(current_dbs.source_url, url, *span) > 0
+        assert brief_etl.run(client, url, first, last) == written
+        assert assert_target_matches_oracle(current_dbs.source_url, url, *span) == written
+        assert compare_statistics(url, url) == (written, 0)
+    finally:
+        drop_database(url)
+
+
+def test_comparing_statistics_counts_a_changed_a_missing_and_an_extra_row(client):
+    from bench import brief_etl
+    from bench.run import compare_statistics
+
+    tag = uuid.uuid4().hex[:8]
+    mine, theirs = f"{PG_URL}/wf_test_{tag}_mine", f"{PG_URL}/wf_test_{tag}_theirs"
+    try:
+        for url in (mine, theirs):
+            ensure_database(url)
+            brief_etl.run(client, url, date(2025, 12, 1), date(2025, 12, 1))
+        engine = create_engine(theirs, poolclass=NullPool)
+        try:
+            with engine.begin() as conn:
+                changed, dropped = conn.execute(
+                    text('SELECT "timestamp", signal_id FROM data ORDER BY 1, 2 LIMIT 2')
+                ).all()
+                conn.execute(
+                    text(
+                        "UPDATE data SET value = value * 1.001 + 1"
+                        ' WHERE "timestamp" = :t AND signal_id = :s'
+                    ),
+                    {"t": changed[0], "s": changed[1]},
+                )
+                conn.execute(
+                    text('DELETE FROM data WHERE "timestamp" = :t AND signal_id = :s'),
+                    {"t": dropped[0], "s": dropped[1]},
+                )
+                conn.execute(
+                    text("INSERT INTO data VALUES ('2030-01-01', :s, 1.0)"), {"s": changed[1]}
+                )
+        finally:
+            engine.dispose()
+        rows, differing = compare_statistics(mine, theirs)
+        assert rows == 24 * 6 * 8
+        assert differing == 3
+    finally:
+        drop_database(mine)
+        drop_database(theirs)
